@@ -1,0 +1,328 @@
+//! The embedded backend: a SQLite file in WAL mode with `synchronous=FULL`, written by one writer task
+//! that commits every append waiting in its queue in a single transaction (group commit).
+//!
+//! Why one writer task: SQLite has one writer at a time anyway; a single task turns many small
+//! concurrent appends into one fsync, which is where the time goes.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use proto::{Epoch, Event, EventPayload, EventType, Seq, ShardId, StreamId, UserId};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{AppendRequest, EventLog, Loaded, Snapshot, StoreError};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS events (
+    stream  TEXT    NOT NULL,
+    seq     INTEGER NOT NULL,
+    epoch   INTEGER NOT NULL,
+    id      BLOB    NOT NULL UNIQUE,
+    type    TEXT    NOT NULL,
+    version INTEGER NOT NULL,
+    actor   TEXT    NOT NULL,
+    ts      INTEGER NOT NULL,
+    trace   TEXT,
+    payload BLOB    NOT NULL,
+    PRIMARY KEY (stream, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS snapshots (
+    stream TEXT    NOT NULL,
+    seq    INTEGER NOT NULL,
+    epoch  INTEGER NOT NULL,
+    state  BLOB    NOT NULL,
+    PRIMARY KEY (stream, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS owners (
+    stream TEXT    NOT NULL PRIMARY KEY,
+    epoch  INTEGER NOT NULL,
+    shard  TEXT    NOT NULL
+) WITHOUT ROWID;
+"#;
+
+/// How many snapshots per stream are kept (older ones are pruned when a new one is written).
+const SNAPSHOTS_KEPT: i64 = 2;
+
+type Reply = oneshot::Sender<Vec<Result<(), StoreError>>>;
+
+/// The SQLite event log.
+pub struct SqliteLog {
+    pool: SqlitePool,
+    writer: mpsc::Sender<(Vec<AppendRequest>, Reply)>,
+}
+
+fn unavailable(e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl SqliteLog {
+    /// Opens (creating if needed) `path`, applies the schema and starts the writer task.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let opts = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(unavailable)?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(unavailable)?;
+        sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(unavailable)?;
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(writer_loop(pool.clone(), rx));
+        Ok(Self { pool, writer: tx })
+    }
+
+    /// Closes the pool after the writer has drained (used on shutdown).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+async fn writer_loop(pool: SqlitePool, mut rx: mpsc::Receiver<(Vec<AppendRequest>, Reply)>) {
+    let mut pending = Vec::new();
+    while let Some(first) = rx.recv().await {
+        pending.push(first);
+        // Group commit: take everything that queued up while the previous commit was running.
+        while pending.len() < 1024 {
+            match rx.try_recv() {
+                Ok(more) => pending.push(more),
+                Err(_) => break,
+            }
+        }
+        let groups: Vec<(Vec<AppendRequest>, Reply)> = std::mem::take(&mut pending);
+        let flat: Vec<&AppendRequest> = groups.iter().flat_map(|(b, _)| b.iter()).collect();
+        let results = match commit(&pool, &flat).await {
+            Ok(r) => r,
+            Err(e) => vec![Err(e); flat.len()],
+        };
+        let mut it = results.into_iter();
+        for (batch, reply) in groups {
+            let mine: Vec<_> = it.by_ref().take(batch.len()).collect();
+            let _ = reply.send(mine);
+        }
+    }
+}
+
+async fn commit(
+    pool: &SqlitePool,
+    reqs: &[&AppendRequest],
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(unavailable)?;
+    let mut out = Vec::with_capacity(reqs.len());
+    for req in reqs {
+        let stream = req.stream.to_string();
+        let current: Option<i64> = sqlx::query("SELECT epoch FROM owners WHERE stream = ?")
+            .bind(&stream)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?
+            .map(|r| r.get(0));
+        let current = Epoch(current.unwrap_or(0) as u64);
+        if current != req.epoch {
+            out.push(Err(StoreError::StaleEpoch {
+                writer: req.epoch,
+                current,
+            }));
+            continue;
+        }
+        let last: i64 = sqlx::query(
+            "SELECT MAX(m) FROM (SELECT COALESCE(MAX(seq), 0) AS m FROM events WHERE stream = ?1 \
+             UNION ALL SELECT COALESCE(MAX(seq), 0) FROM snapshots WHERE stream = ?1)",
+        )
+        .bind(&stream)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .get(0);
+        let expected = Seq(last as u64).next();
+        if req.first_seq != expected {
+            out.push(Err(StoreError::SeqConflict {
+                expected,
+                got: req.first_seq,
+            }));
+            continue;
+        }
+        sqlx::query("SAVEPOINT req").execute(&mut *tx).await.map_err(unavailable)?;
+        let mut failed = None;
+        for (i, e) in req.events.iter().enumerate() {
+            let ty = e.payload.event_type();
+            let r = sqlx::query(
+                "INSERT INTO events (stream, seq, epoch, id, type, version, actor, ts, trace, payload) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&stream)
+            .bind(to_i64(req.first_seq.0 + i as u64))
+            .bind(to_i64(req.epoch.0))
+            .bind(&e.id.as_bytes()[..])
+            .bind(ty.name())
+            .bind(i64::from(ty.version()))
+            .bind(e.actor.as_str())
+            .bind(e.ts)
+            .bind(e.trace.as_deref())
+            .bind(e.payload.to_stored())
+            .execute(&mut *tx)
+            .await;
+            if let Err(err) = r {
+                failed = Some(match &err {
+                    sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Duplicate,
+                    _ => unavailable(err),
+                });
+                break;
+            }
+        }
+        match failed {
+            None => {
+                sqlx::query("RELEASE req").execute(&mut *tx).await.map_err(unavailable)?;
+                out.push(Ok(()));
+            }
+            Some(err) => {
+                sqlx::query("ROLLBACK TO req").execute(&mut *tx).await.map_err(unavailable)?;
+                sqlx::query("RELEASE req").execute(&mut *tx).await.map_err(unavailable)?;
+                out.push(Err(err));
+            }
+        }
+    }
+    tx.commit().await.map_err(unavailable)?;
+    Ok(out)
+}
+
+fn row_to_event(stream: &StreamId, row: &sqlx::sqlite::SqliteRow) -> Result<Event, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(what.to_owned());
+    let id: Vec<u8> = row.try_get("id").map_err(|_| corrupt("id"))?;
+    let id = uuid::Uuid::from_slice(&id).map_err(|_| corrupt("id"))?;
+    let ty: String = row.try_get("type").map_err(|_| corrupt("type"))?;
+    let ty = EventType::from_name(&ty).map_err(|_| corrupt("type"))?;
+    let version: i64 = row.try_get("version").map_err(|_| corrupt("version"))?;
+    let version = u16::try_from(version).map_err(|_| corrupt("version"))?;
+    let payload: Vec<u8> = row.try_get("payload").map_err(|_| corrupt("payload"))?;
+    let actor: String = row.try_get("actor").map_err(|_| corrupt("actor"))?;
+    Ok(Event {
+        id,
+        version,
+        stream: stream.clone(),
+        seq: Seq(row.try_get::<i64, _>("seq").map_err(|_| corrupt("seq"))? as u64),
+        epoch: Epoch(row.try_get::<i64, _>("epoch").map_err(|_| corrupt("epoch"))? as u64),
+        actor: UserId::parse(&actor).map_err(|_| corrupt("actor"))?,
+        ts: row.try_get("ts").map_err(|_| corrupt("ts"))?,
+        trace: row.try_get("trace").map_err(|_| corrupt("trace"))?,
+        payload: EventPayload::from_stored(ty, version, &payload).map_err(|_| corrupt("payload"))?,
+    })
+}
+
+#[async_trait]
+impl EventLog for SqliteLog {
+    async fn acquire(&self, stream: &StreamId, shard: &ShardId) -> Result<Epoch, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO owners (stream, epoch, shard) VALUES (?1, 1, ?2) \
+             ON CONFLICT(stream) DO UPDATE SET epoch = epoch + 1, shard = ?2 RETURNING epoch",
+        )
+        .bind(stream.to_string())
+        .bind(shard.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(Epoch(row.get::<i64, _>(0) as u64))
+    }
+
+    async fn append(&self, batch: Vec<AppendRequest>) -> Vec<Result<(), StoreError>> {
+        let n = batch.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let closed = || vec![Err(StoreError::Unavailable("writer stopped".into())); n];
+        let (tx, rx) = oneshot::channel();
+        if self.writer.send((batch, tx)).await.is_err() {
+            return closed();
+        }
+        rx.await.unwrap_or_else(|_| closed())
+    }
+
+    async fn load(&self, stream: &StreamId) -> Result<Loaded, StoreError> {
+        let name = stream.to_string();
+        let snap = sqlx::query(
+            "SELECT seq, state FROM snapshots WHERE stream = ? ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(&name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let snapshot = snap.map(|r| Snapshot {
+            seq: Seq(r.get::<i64, _>(0) as u64),
+            state: r.get(1),
+        });
+        let after = snapshot.as_ref().map(|s| s.seq).unwrap_or_default();
+        let tail = self.read(stream, after, usize::MAX).await?;
+        Ok(Loaded { snapshot, tail })
+    }
+
+    async fn read(&self, stream: &StreamId, after: Seq, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, epoch, id, type, version, actor, ts, trace, payload FROM events \
+             WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(stream.to_string())
+        .bind(to_i64(after.0))
+        .bind(to_i64(limit as u64))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(|r| row_to_event(stream, r)).collect()
+    }
+
+    async fn write_snapshot(
+        &self,
+        stream: &StreamId,
+        epoch: Epoch,
+        snapshot: Snapshot,
+    ) -> Result<(), StoreError> {
+        let name = stream.to_string();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(unavailable)?;
+        let current: Option<i64> = sqlx::query("SELECT epoch FROM owners WHERE stream = ?")
+            .bind(&name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?
+            .map(|r| r.get(0));
+        let current = Epoch(current.unwrap_or(0) as u64);
+        if current != epoch {
+            return Err(StoreError::StaleEpoch {
+                writer: epoch,
+                current,
+            });
+        }
+        sqlx::query(
+            "INSERT INTO snapshots (stream, seq, epoch, state) VALUES (?, ?, ?, ?) \
+             ON CONFLICT(stream, seq) DO UPDATE SET state = excluded.state, epoch = excluded.epoch",
+        )
+        .bind(&name)
+        .bind(to_i64(snapshot.seq.0))
+        .bind(to_i64(epoch.0))
+        .bind(&snapshot.state)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        sqlx::query(
+            "DELETE FROM snapshots WHERE stream = ?1 AND seq NOT IN \
+             (SELECT seq FROM snapshots WHERE stream = ?1 ORDER BY seq DESC LIMIT ?2)",
+        )
+        .bind(&name)
+        .bind(SNAPSHOTS_KEPT)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(())
+    }
+}
