@@ -10,7 +10,7 @@ pub mod error;
 pub mod event;
 pub mod ids;
 pub mod schema;
-// pub mod yjs; (pending)
+pub mod yjs;
 
 pub use error::ProtoError;
 pub use event::{Event, EventPayload, EventType, NewEvent};

@@ -1,1 +1,27 @@
-//! placeholder
+//! A shard: the owner of documents' live state.
+//!
+//! [`core::ShardCore`] is a sans-IO state machine: inputs arrive through `handle_*(now, …)`, results
+//! leave through [`core::ShardCore::poll_output`] and the next deadline through
+//! [`core::ShardCore::poll_timeout`]. It never reads a clock, sleeps, locks or touches a socket; the
+//! tokio [`driver`] is the only code that awaits. After every input the driver drains every output.
+//!
+//! The core keeps DESIGN.md invariant 1 ("observed ⇒ durable") structurally: a client's update is
+//! validated and turned into an `Append` output, but it is applied to the in-memory document and
+//! broadcast only when the store reports the commit (`handle_appended`). So the in-memory document, and
+//! everything any client can see of it, only ever holds committed updates.
+//!
+//! Rooms (chat, presence, calls) join the core with the chat issue.
+
+#![forbid(unsafe_code)]
+
+pub mod awareness;
+pub mod config;
+pub mod core;
+pub mod driver;
+pub mod error;
+pub mod metrics;
+
+pub use crate::config::CoreConfig;
+pub use crate::core::{ConnId, Output, ShardCore};
+pub use crate::driver::{ConnSink, ConnOut, ShardHandle};
+pub use crate::error::ShardError;

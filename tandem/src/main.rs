@@ -1,1 +1,97 @@
-fn main() {}
+//! The `tandem` binary: one subcommand per role.
+
+#![forbid(unsafe_code)]
+#![allow(clippy::print_stdout)]
+
+mod config;
+mod dev;
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use gateway::auth::{mint_hs256, now_secs, Access, Claims};
+
+/// Tandem: a real-time collaboration backend (Yjs documents over WebSocket, durable, sharded).
+#[derive(Parser)]
+#[command(name = "tandem", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Gateway, router and shards in one process with the embedded store: the zero-setup server.
+    Dev(config::DevOpts),
+    /// Mints an HS256 token for local use.
+    Token(TokenOpts),
+}
+
+#[derive(clap::Args)]
+struct TokenOpts {
+    /// The HS256 secret the server was started with.
+    #[arg(long, env = "TANDEM_JWT_HS256_SECRET", hide_env_values = true)]
+    secret: String,
+    /// The user id (`sub`).
+    #[arg(long)]
+    sub: String,
+    /// `PATTERN=read|write|admin`, repeatable (`*` matches any characters in a document id).
+    #[arg(long = "grant", required = true)]
+    grants: Vec<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
+    /// Audience.
+    #[arg(long, default_value = "tandem")]
+    aud: String,
+    /// Issuer.
+    #[arg(long, default_value = "tandem")]
+    iss: String,
+}
+
+fn token(o: TokenOpts) -> anyhow::Result<()> {
+    proto::UserId::parse(&o.sub).context("--sub")?;
+    let mut docs = BTreeMap::new();
+    for g in &o.grants {
+        let Some((pattern, access)) = g.rsplit_once('=') else {
+            bail!("--grant {g:?}: expected PATTERN=read|write|admin");
+        };
+        let access: Access = access.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+        docs.insert(pattern.to_owned(), access);
+    }
+    let now = now_secs();
+    let claims = Claims {
+        sub: o.sub,
+        exp: now + o.ttl,
+        nbf: now.saturating_sub(1),
+        iat: now,
+        aud: o.aud,
+        iss: o.iss,
+        docs,
+    };
+    println!("{}", mint_hs256(&o.secret, &claims)?);
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Token(o) => token(o),
+        Cmd::Dev(o) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let cfg = o.into_config()?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?
+                .block_on(dev::run(cfg))
+        }
+    }
+}

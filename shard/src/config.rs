@@ -1,0 +1,66 @@
+//! Shard configuration: limits and timers of the core.
+
+use std::time::Duration;
+
+use proto::yjs::validate::Limits;
+use serde::{Deserialize, Serialize};
+
+/// Limits and timers of [`crate::ShardCore`]. Every limit is configurable (see the README).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CoreConfig {
+    /// Unload a document this long after its last connection left (its state stays in the store).
+    #[serde(with = "secs")]
+    pub idle_unload: Duration,
+    /// Drop an awareness state not renewed for this long (y-protocols clients renew every 15 s).
+    #[serde(with = "secs")]
+    pub awareness_timeout: Duration,
+    /// Write a snapshot after this many events since the last one.
+    pub snapshot_every: u64,
+    /// Refuse updates that would grow a document's stored size past this many bytes.
+    pub max_doc_bytes: usize,
+    /// Largest accepted Yjs update, in bytes.
+    pub max_update_bytes: usize,
+    /// Deepest accepted nesting inside an update (lib0 Any values, JSON content).
+    pub max_update_depth: usize,
+    /// Largest awareness update, in bytes.
+    pub max_awareness_bytes: usize,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            idle_unload: Duration::from_secs(30),
+            awareness_timeout: Duration::from_secs(30),
+            snapshot_every: 500,
+            max_doc_bytes: 64 * 1024 * 1024,
+            max_update_bytes: 1024 * 1024,
+            max_update_depth: 32,
+            max_awareness_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl CoreConfig {
+    /// The validator limits derived from this configuration.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_depth: self.max_update_depth,
+            max_update_bytes: self.max_update_bytes,
+        }
+    }
+}
+
+mod secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let v = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(v).map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,590 @@
+//! The sans-IO shard core: documents, their connections and awareness, and the commit-then-apply
+//! pipeline. See the crate doc for the run-loop contract.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use proto::yjs::message::{self, Message};
+use proto::yjs::validate;
+use proto::{DocId, Epoch, Seq, UserId};
+use store::{Loaded, Snapshot, StoreError};
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
+
+use crate::awareness;
+use crate::config::CoreConfig;
+use crate::error::ShardError;
+
+/// A client connection, numbered by the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// What the core asks its driver to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Send one binary message to a connection.
+    Send {
+        /// The receiving connection.
+        conn: ConnId,
+        /// A complete y-websocket message (shared between the receivers of a broadcast).
+        msg: Arc<[u8]>,
+    },
+    /// Close a connection with an RFC 6455 code; the core has already forgotten it.
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Close code.
+        code: u16,
+        /// Client-safe reason.
+        reason: String,
+    },
+    /// Acquire the document (new epoch) and load its snapshot and tail; answer with `handle_loaded`.
+    Load {
+        /// The document.
+        doc: DocId,
+    },
+    /// Append one `document.updated` event; answer with `handle_appended`.
+    Append {
+        /// The document.
+        doc: DocId,
+        /// The owner's epoch.
+        epoch: Epoch,
+        /// The event's seq.
+        seq: Seq,
+        /// Who sent it.
+        actor: UserId,
+        /// The validated Yjs update.
+        update: Vec<u8>,
+    },
+    /// Store a snapshot (compaction); answer with `handle_snapshot_written`.
+    Snapshot {
+        /// The document.
+        doc: DocId,
+        /// The owner's epoch.
+        epoch: Epoch,
+        /// The snapshot.
+        snapshot: Snapshot,
+    },
+    /// A document was applied an update (for metrics).
+    Applied {
+        /// The document.
+        doc: DocId,
+    },
+    /// A document left memory.
+    Unloaded {
+        /// The document.
+        doc: DocId,
+    },
+}
+
+struct Conn {
+    doc: DocId,
+    actor: UserId,
+    can_write: bool,
+}
+
+struct Pending {
+    seq: Seq,
+    origin: ConnId,
+    update: Vec<u8>,
+}
+
+enum Phase {
+    /// Waiting for `handle_loaded`; messages of its connections queue up.
+    Loading { queued: VecDeque<(ConnId, Vec<u8>)> },
+    /// Serving.
+    Ready { epoch: Epoch },
+}
+
+struct DocState {
+    phase: Phase,
+    ydoc: Doc,
+    conns: BTreeSet<ConnId>,
+    /// Last committed and applied seq.
+    applied: Seq,
+    /// Next seq to assign.
+    next: Seq,
+    /// Updates sent to the store, in seq order, not yet committed.
+    inflight: VecDeque<Pending>,
+    awareness: awareness::Table,
+    /// Stored bytes of the document: last snapshot plus updates since (an upper bound of its size).
+    stored_bytes: usize,
+    since_snapshot: u64,
+    idle_since: Option<Instant>,
+}
+
+impl DocState {
+    fn new() -> Self {
+        Self {
+            phase: Phase::Loading {
+                queued: VecDeque::new(),
+            },
+            // The server never authors content, so its own client id is irrelevant; fixed for determinism.
+            ydoc: Doc::with_client_id(0),
+            conns: BTreeSet::new(),
+            applied: Seq(0),
+            next: Seq(1),
+            inflight: VecDeque::new(),
+            awareness: awareness::Table::default(),
+            stored_bytes: 0,
+            since_snapshot: 0,
+            idle_since: None,
+        }
+    }
+}
+
+/// The shard's state machine.
+pub struct ShardCore {
+    cfg: CoreConfig,
+    docs: HashMap<DocId, DocState>,
+    conns: HashMap<ConnId, Conn>,
+    out: VecDeque<Output>,
+    shutting_down: bool,
+}
+
+impl ShardCore {
+    /// A core with no documents.
+    pub fn new(cfg: CoreConfig) -> Self {
+        Self {
+            cfg,
+            docs: HashMap::new(),
+            conns: HashMap::new(),
+            out: VecDeque::new(),
+            shutting_down: false,
+        }
+    }
+
+    /// Documents held in memory (loading or ready).
+    pub fn loaded_docs(&self) -> usize {
+        self.docs.len()
+    }
+
+    /// Connections attached.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Updates sent to the store and not yet answered.
+    pub fn inflight(&self) -> usize {
+        self.docs.values().map(|d| d.inflight.len()).sum()
+    }
+
+    /// Whether `doc` is in memory.
+    pub fn is_loaded(&self, doc: &DocId) -> bool {
+        self.docs.contains_key(doc)
+    }
+
+    /// The document's full state as a Yjs update v1 (committed content only).
+    pub fn encode_state(&self, doc: &DocId) -> Option<Vec<u8>> {
+        let d = self.docs.get(doc)?;
+        let txn = d.ydoc.transact();
+        Some(txn.encode_state_as_update_v1(&StateVector::default()))
+    }
+
+    /// The next output, if any. Drain until `None` after every input.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// The earliest instant at which `handle_timeout` has work to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.docs
+            .values()
+            .flat_map(|d| {
+                let idle = d.idle_since.map(|t| t + self.cfg.idle_unload);
+                let aw = d.awareness.oldest().map(|t| t + self.cfg.awareness_timeout);
+                [idle, aw]
+            })
+            .flatten()
+            .min()
+    }
+
+    fn send(&mut self, conn: ConnId, msg: Vec<u8>) {
+        self.out.push_back(Output::Send {
+            conn,
+            msg: msg.into(),
+        });
+    }
+
+    fn broadcast(&mut self, doc: &DocId, except: Option<ConnId>, msg: Vec<u8>) {
+        let Some(d) = self.docs.get(doc) else { return };
+        let msg: Arc<[u8]> = msg.into();
+        for &c in &d.conns {
+            if Some(c) != except {
+                self.out.push_back(Output::Send {
+                    conn: c,
+                    msg: msg.clone(),
+                });
+            }
+        }
+    }
+
+    /// A connection opened on `doc`. `can_write` is false for read-only grants.
+    pub fn handle_open(&mut self, now: Instant, conn: ConnId, doc: DocId, actor: UserId, can_write: bool) {
+        if self.shutting_down {
+            self.close(now, conn, &ShardError::ShuttingDown);
+            return;
+        }
+        self.conns.insert(
+            conn,
+            Conn {
+                doc: doc.clone(),
+                actor,
+                can_write,
+            },
+        );
+        let d = self.docs.entry(doc.clone()).or_insert_with(|| {
+            self.out.push_back(Output::Load { doc: doc.clone() });
+            DocState::new()
+        });
+        d.conns.insert(conn);
+        d.idle_since = None;
+        if matches!(d.phase, Phase::Ready { .. }) {
+            self.greet(now, conn, &doc);
+        }
+    }
+
+    /// The server's side of the handshake: its state vector (sync step 1) and the current awareness.
+    fn greet(&mut self, _now: Instant, conn: ConnId, doc: &DocId) {
+        let Some(d) = self.docs.get(doc) else { return };
+        let sv = d.ydoc.transact().state_vector().encode_v1_bytes();
+        let live = d.awareness.live();
+        let aw = (!live.is_empty()).then(|| message::encode_awareness(&message::encode_awareness_update(&live)));
+        self.send(conn, message::encode_sync_step1(&sv));
+        if let Some(aw) = aw {
+            self.send(conn, aw);
+        }
+    }
+
+    /// A binary message arrived from a connection.
+    pub fn handle_message(&mut self, now: Instant, conn: ConnId, bytes: Vec<u8>) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        let doc = c.doc.clone();
+        let Some(d) = self.docs.get_mut(&doc) else { return };
+        if let Phase::Loading { queued } = &mut d.phase {
+            queued.push_back((conn, bytes));
+            return;
+        }
+        if let Err(e) = self.process(now, conn, &doc, &bytes) {
+            self.close(now, conn, &e);
+        }
+    }
+
+    fn process(&mut self, now: Instant, conn: ConnId, doc: &DocId, bytes: &[u8]) -> Result<(), ShardError> {
+        let msg = Message::decode(bytes).map_err(ShardError::Malformed)?;
+        match msg {
+            Message::SyncStep1(sv) => {
+                validate::validate_state_vector(sv, &self.cfg.limits()).map_err(ShardError::Invalid)?;
+                let sv = StateVector::decode_v1(sv)
+                    .map_err(|_| ShardError::Invalid(validate::ValidationError::Malformed("state vector")))?;
+                let d = self.docs.get(doc).ok_or(ShardError::LoadFailed)?;
+                let diff = d.ydoc.transact().encode_diff_v1(&sv);
+                self.send(conn, message::encode_sync_step2(&diff));
+            }
+            Message::SyncStep2(update) | Message::Update(update) => self.client_update(conn, doc, update)?,
+            Message::Awareness(update) => self.client_awareness(now, conn, doc, update)?,
+            Message::QueryAwareness => {
+                let d = self.docs.get(doc).ok_or(ShardError::LoadFailed)?;
+                let live = d.awareness.live();
+                let msg = message::encode_awareness(&message::encode_awareness_update(&live));
+                self.send(conn, msg);
+            }
+            // Clients have no reason to send auth messages; ignore like the reference server.
+            Message::AuthPermissionDenied(_) => {}
+        }
+        Ok(())
+    }
+
+    fn client_update(&mut self, conn: ConnId, doc: &DocId, update: &[u8]) -> Result<(), ShardError> {
+        let limits = self.cfg.limits();
+        let summary = validate::validate_update_v1(update, &limits).map_err(ShardError::Invalid)?;
+        let c = self.conns.get(&conn).ok_or(ShardError::LoadFailed)?;
+        if !c.can_write {
+            if !summary.is_empty {
+                self.send(conn, message::encode_permission_denied("read-only access"));
+            }
+            return Ok(());
+        }
+        if summary.is_empty {
+            return Ok(());
+        }
+        // Decoding is safe now that the validator has bounded depth, lengths and UTF-8; a decode error
+        // here is still refused rather than trusted.
+        Update::decode_v1(update).map_err(|_| ShardError::Invalid(validate::ValidationError::Malformed("update")))?;
+        let actor = c.actor.clone();
+        let max = self.cfg.max_doc_bytes;
+        let d = self.docs.get_mut(doc).ok_or(ShardError::LoadFailed)?;
+        let Phase::Ready { epoch } = d.phase else {
+            return Err(ShardError::LoadFailed);
+        };
+        if d.stored_bytes + update.len() > max {
+            return Err(ShardError::DocTooLarge);
+        }
+        d.stored_bytes += update.len();
+        let seq = d.next;
+        d.next = d.next.next();
+        d.inflight.push_back(Pending {
+            seq,
+            origin: conn,
+            update: update.to_vec(),
+        });
+        self.out.push_back(Output::Append {
+            doc: doc.clone(),
+            epoch,
+            seq,
+            actor,
+            update: update.to_vec(),
+        });
+        Ok(())
+    }
+
+    fn client_awareness(&mut self, now: Instant, conn: ConnId, doc: &DocId, raw: &[u8]) -> Result<(), ShardError> {
+        validate::validate_awareness_update(raw, self.cfg.max_awareness_bytes).map_err(ShardError::Invalid)?;
+        let entries = message::decode_awareness_update(raw).map_err(ShardError::Malformed)?;
+        let d = self.docs.get_mut(doc).ok_or(ShardError::LoadFailed)?;
+        let mut changed = false;
+        for e in &entries {
+            changed |= d.awareness.apply(now, conn, e.client_id, e.clock, e.state_json);
+        }
+        if changed {
+            // Relayed as received, to every connection of the document (y-websocket server behaviour).
+            self.broadcast(doc, None, message::encode_awareness(raw));
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, now: Instant, conn: ConnId, why: &ShardError) {
+        self.forget(now, conn);
+        self.out.push_back(Output::Close {
+            conn,
+            code: why.close_code(),
+            reason: why.reason(),
+        });
+    }
+
+    /// Removes a connection, telling the others that its awareness states are gone.
+    fn forget(&mut self, now: Instant, conn: ConnId) {
+        let Some(c) = self.conns.remove(&conn) else { return };
+        let Some(d) = self.docs.get_mut(&c.doc) else { return };
+        d.conns.remove(&conn);
+        if let Phase::Loading { queued } = &mut d.phase {
+            queued.retain(|(q, _)| *q != conn);
+        }
+        let gone = d.awareness.remove_conn(conn);
+        if !gone.is_empty() {
+            let entries: Vec<(u64, u64, &str)> = gone.iter().map(|(c, k)| (*c, *k, "null")).collect();
+            let msg = message::encode_awareness(&message::encode_awareness_update(&entries));
+            self.broadcast(&c.doc, None, msg);
+        }
+        if let Some(d) = self.docs.get_mut(&c.doc) {
+            if d.conns.is_empty() {
+                d.idle_since = Some(now);
+            }
+        }
+    }
+
+    /// A connection went away (client closed, network error, slow consumer).
+    pub fn handle_close(&mut self, now: Instant, conn: ConnId) {
+        self.forget(now, conn);
+    }
+
+    /// The store answered a `Load`: the new epoch and the snapshot + tail, or an error.
+    pub fn handle_loaded(&mut self, now: Instant, doc: &DocId, result: Result<(Epoch, Loaded), StoreError>) {
+        let Some(d) = self.docs.get_mut(doc) else { return };
+        let (epoch, loaded) = match result {
+            Ok(v) => v,
+            Err(_) => {
+                let conns: Vec<ConnId> = d.conns.iter().copied().collect();
+                for c in conns {
+                    self.close(now, c, &ShardError::LoadFailed);
+                }
+                self.docs.remove(doc);
+                self.out.push_back(Output::Unloaded { doc: doc.clone() });
+                return;
+            }
+        };
+        {
+            let mut txn = d.ydoc.transact_mut();
+            let mut bytes = 0;
+            if let Some(s) = &loaded.snapshot {
+                if let Ok(u) = Update::decode_v1(&s.state) {
+                    let _ = txn.apply_update(u);
+                }
+                bytes += s.state.len();
+            }
+            for e in &loaded.tail {
+                if let proto::EventPayload::DocumentUpdated(p) = &e.payload {
+                    // Stored updates were validated before they were appended.
+                    if let Ok(u) = Update::decode_v1(&p.update.0) {
+                        let _ = txn.apply_update(u);
+                    }
+                    bytes += p.update.0.len();
+                }
+            }
+            d.stored_bytes = bytes;
+        }
+        d.since_snapshot = loaded.tail.len() as u64;
+        d.applied = loaded.last_seq();
+        d.next = d.applied.next();
+        let queued = match std::mem::replace(&mut d.phase, Phase::Ready { epoch }) {
+            Phase::Loading { queued } => queued,
+            Phase::Ready { .. } => VecDeque::new(),
+        };
+        if d.conns.is_empty() {
+            d.idle_since = Some(now);
+        }
+        let conns: Vec<ConnId> = d.conns.iter().copied().collect();
+        for c in conns {
+            self.greet(now, c, doc);
+        }
+        for (c, bytes) in queued {
+            if self.conns.contains_key(&c) {
+                if let Err(e) = self.process(now, c, doc, &bytes) {
+                    self.close(now, c, &e);
+                }
+            }
+        }
+    }
+
+    /// The store answered an `Append`.
+    pub fn handle_appended(&mut self, now: Instant, doc: &DocId, seq: Seq, result: Result<(), StoreError>) {
+        let Some(d) = self.docs.get_mut(doc) else { return };
+        // Answers for an older incarnation of the document (after a failure and reload) are ignored.
+        if d.inflight.front().map(|p| p.seq) != Some(seq) {
+            return;
+        }
+        if let Err(e) = result {
+            let why = if e.is_fenced() {
+                ShardError::Fenced
+            } else {
+                ShardError::StoreUnavailable
+            };
+            // Nothing uncommitted was applied or shown to anyone; drop the document and let every
+            // client reconnect and resync (their unacknowledged edits are still in their local docs).
+            self.fail_doc(now, doc, &why);
+            return;
+        }
+        let Some(p) = d.inflight.pop_front() else { return };
+        if let Ok(u) = Update::decode_v1(&p.update) {
+            let _ = d.ydoc.transact_mut().apply_update(u);
+        }
+        d.applied = seq;
+        d.since_snapshot += 1;
+        let want_snapshot = d.since_snapshot >= self.cfg.snapshot_every;
+        self.out.push_back(Output::Applied { doc: doc.clone() });
+        self.broadcast(doc, Some(p.origin), message::encode_update(&p.update));
+        if want_snapshot {
+            self.snapshot(doc);
+        }
+    }
+
+    fn snapshot(&mut self, doc: &DocId) {
+        let Some(d) = self.docs.get_mut(doc) else { return };
+        let Phase::Ready { epoch } = d.phase else { return };
+        if d.since_snapshot == 0 {
+            return;
+        }
+        let state = d.ydoc.transact().encode_state_as_update_v1(&StateVector::default());
+        d.stored_bytes = state.len();
+        d.since_snapshot = 0;
+        self.out.push_back(Output::Snapshot {
+            doc: doc.clone(),
+            epoch,
+            snapshot: Snapshot {
+                seq: d.applied,
+                state,
+            },
+        });
+    }
+
+    /// The store answered a `Snapshot`. A failed snapshot loses nothing (the events are in the log).
+    pub fn handle_snapshot_written(&mut self, _now: Instant, doc: &DocId, result: Result<(), StoreError>) {
+        if let (Err(e), Some(d)) = (result, self.docs.get_mut(doc)) {
+            if !e.is_fenced() {
+                // Try again at the next threshold.
+                d.since_snapshot = d.since_snapshot.max(1);
+            }
+        }
+    }
+
+    fn fail_doc(&mut self, _now: Instant, doc: &DocId, why: &ShardError) {
+        let Some(d) = self.docs.remove(doc) else { return };
+        for c in d.conns {
+            self.conns.remove(&c);
+            self.out.push_back(Output::Close {
+                conn: c,
+                code: why.close_code(),
+                reason: why.reason(),
+            });
+        }
+        self.out.push_back(Output::Unloaded { doc: doc.clone() });
+    }
+
+    /// Timers: awareness expiry and idle-document unload.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let aw_deadline = now.checked_sub(self.cfg.awareness_timeout);
+        let mut expired: Vec<(DocId, Vec<(u64, u64)>)> = Vec::new();
+        let mut idle: Vec<DocId> = Vec::new();
+        for (id, d) in self.docs.iter_mut() {
+            if let Some(deadline) = aw_deadline {
+                let gone = d.awareness.expire(deadline);
+                if !gone.is_empty() {
+                    expired.push((id.clone(), gone));
+                }
+            }
+            let quiet = d.inflight.is_empty() && matches!(d.phase, Phase::Ready { .. });
+            if quiet && d.conns.is_empty() && d.idle_since.is_some_and(|t| now >= t + self.cfg.idle_unload) {
+                idle.push(id.clone());
+            }
+        }
+        for (doc, gone) in expired {
+            let entries: Vec<(u64, u64, &str)> = gone.iter().map(|(c, k)| (*c, *k, "null")).collect();
+            let msg = message::encode_awareness(&message::encode_awareness_update(&entries));
+            self.broadcast(&doc, None, msg);
+        }
+        for doc in idle {
+            self.unload(&doc);
+        }
+    }
+
+    /// Snapshots (if anything changed since the last snapshot) and drops the document from memory.
+    /// Loading it again is safe even while that snapshot is being written: the store returns either the
+    /// old snapshot with the full tail or the new one with a shorter tail, which hold the same state.
+    fn unload(&mut self, doc: &DocId) {
+        self.snapshot(doc);
+        self.docs.remove(doc);
+        self.out.push_back(Output::Unloaded { doc: doc.clone() });
+    }
+
+    /// Shutdown: refuse new connections, close the open ones (1001). In-flight appends still complete
+    /// through `handle_appended`; call [`ShardCore::handle_shutdown_flush`] once none are in flight.
+    pub fn handle_shutdown(&mut self, now: Instant) {
+        self.shutting_down = true;
+        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        for c in conns {
+            self.close(now, c, &ShardError::ShuttingDown);
+        }
+    }
+
+    /// Final step of shutdown: snapshot every changed document and unload everything.
+    pub fn handle_shutdown_flush(&mut self, _now: Instant) {
+        let docs: Vec<DocId> = self.docs.keys().cloned().collect();
+        for doc in docs {
+            if self.docs.get(&doc).is_some_and(|d| d.inflight.is_empty()) {
+                self.unload(&doc);
+            }
+        }
+    }
+}
+
+trait EncodeSv {
+    fn encode_v1_bytes(&self) -> Vec<u8>;
+}
+
+impl EncodeSv for StateVector {
+    fn encode_v1_bytes(&self) -> Vec<u8> {
+        use yrs::updates::encoder::Encode;
+        self.encode_v1()
+    }
+}

@@ -1,0 +1,52 @@
+//! Errors of the shard: why a client's message was refused.
+
+use proto::yjs::validate::ValidationError;
+use proto::yjs::lib0::WireError;
+use thiserror::Error;
+
+/// Why the shard refused a client's input; each maps to one WebSocket close code.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ShardError {
+    /// The y-websocket message could not be parsed (unknown type, truncated).
+    #[error("malformed message: {0}")]
+    Malformed(WireError),
+    /// A Yjs update, state vector or awareness update failed validation.
+    #[error("invalid update: {0}")]
+    Invalid(ValidationError),
+    /// The document would grow past the configured size limit.
+    #[error("document too large")]
+    DocTooLarge,
+    /// The store could not commit; the client should reconnect and resync.
+    #[error("store unavailable")]
+    StoreUnavailable,
+    /// Another shard took the document over.
+    #[error("ownership moved")]
+    Fenced,
+    /// The document could not be loaded.
+    #[error("document unavailable")]
+    LoadFailed,
+    /// The server is shutting down.
+    #[error("server shutting down")]
+    ShuttingDown,
+}
+
+impl ShardError {
+    /// The RFC 6455 close code sent to the client.
+    pub fn close_code(&self) -> u16 {
+        match self {
+            Self::Malformed(_) => 1002,
+            Self::Invalid(_) => 1007,
+            Self::DocTooLarge => 1009,
+            Self::StoreUnavailable | Self::LoadFailed => 1011,
+            Self::Fenced => 1012,
+            Self::ShuttingDown => 1001,
+        }
+    }
+
+    /// A short, client-safe close reason (at most 123 bytes, as RFC 6455 requires).
+    pub fn reason(&self) -> String {
+        let mut s = self.to_string();
+        s.truncate(120);
+        s
+    }
+}

@@ -1,0 +1,177 @@
+//! Configuration of `tandem dev`: clap options (each also an env var `TANDEM_…`), an optional TOML file,
+//! validated once into [`DevConfig`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use gateway::GatewayConfig;
+use serde::{Deserialize, Serialize};
+use shard::CoreConfig;
+
+/// Everything `tandem dev` runs with (also the shape of the `--config` TOML file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DevConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Folder holding the embedded store (`tandem.db`).
+    pub data: PathBuf,
+    /// In-process shards the documents are spread over.
+    pub shards: usize,
+    /// Edge settings.
+    pub gateway: GatewayConfig,
+    /// Shard settings.
+    pub shard: CoreConfig,
+}
+
+impl Default for DevConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 1234)),
+            data: PathBuf::from(".tandem"),
+            shards: 2,
+            gateway: GatewayConfig::default(),
+            shard: CoreConfig::default(),
+        }
+    }
+}
+
+/// `tandem dev` options; each overrides the config file.
+#[derive(Debug, Args)]
+pub struct DevOpts {
+    /// TOML file with any of the settings below (flags and env vars win over it).
+    #[arg(long, env = "TANDEM_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:1234].
+    #[arg(long, env = "TANDEM_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Data folder for the embedded store [default: .tandem].
+    #[arg(long, env = "TANDEM_DATA")]
+    pub data: Option<PathBuf>,
+    /// Number of in-process shards [default: 2].
+    #[arg(long, env = "TANDEM_SHARDS")]
+    pub shards: Option<usize>,
+    /// HS256 secret: enables JWT auth (and turns anonymous access off).
+    #[arg(long, env = "TANDEM_JWT_HS256_SECRET", hide_env_values = true)]
+    pub jwt_hs256_secret: Option<String>,
+    /// PEM file with an ES256 public key: enables ES256 tokens (and turns anonymous access off).
+    #[arg(long, env = "TANDEM_JWT_ES256_PUBLIC_KEY")]
+    pub jwt_es256_public_key: Option<PathBuf>,
+    /// Required JWT audience [default: tandem].
+    #[arg(long, env = "TANDEM_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Required JWT issuer [default: tandem].
+    #[arg(long, env = "TANDEM_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Allowed browser Origin (repeatable; none = any).
+    #[arg(long = "allow-origin", env = "TANDEM_ALLOW_ORIGINS", value_delimiter = ',')]
+    pub allow_origin: Vec<String>,
+    /// Largest WebSocket message in bytes [default: 1048576].
+    #[arg(long, env = "TANDEM_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Largest stored document size in bytes [default: 67108864].
+    #[arg(long, env = "TANDEM_MAX_DOC_BYTES")]
+    pub max_doc_bytes: Option<usize>,
+    /// Deepest nesting accepted inside a Yjs update [default: 32].
+    #[arg(long, env = "TANDEM_MAX_UPDATE_DEPTH")]
+    pub max_update_depth: Option<usize>,
+    /// Messages queued per socket before it is closed as a slow consumer [default: 1024].
+    #[arg(long, env = "TANDEM_OUTBOUND_QUEUE")]
+    pub outbound_queue: Option<usize>,
+    /// Seconds after the last client leaves before a document is unloaded [default: 30].
+    #[arg(long, env = "TANDEM_IDLE_UNLOAD_SECS")]
+    pub idle_unload_secs: Option<f64>,
+    /// Seconds an awareness state lives without renewal [default: 30].
+    #[arg(long, env = "TANDEM_AWARENESS_TIMEOUT_SECS")]
+    pub awareness_timeout_secs: Option<f64>,
+    /// Events between snapshots [default: 500].
+    #[arg(long, env = "TANDEM_SNAPSHOT_EVERY")]
+    pub snapshot_every: Option<u64>,
+}
+
+impl DevOpts {
+    /// Merges file, env and flags, and validates the result.
+    pub fn into_config(self) -> anyhow::Result<DevConfig> {
+        let mut c = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => DevConfig::default(),
+        };
+        if let Some(v) = self.listen {
+            c.listen = v;
+        }
+        if let Some(v) = self.data {
+            c.data = v;
+        }
+        if let Some(v) = self.shards {
+            c.shards = v;
+        }
+        if let Some(v) = self.jwt_hs256_secret {
+            c.gateway.auth.hs256_secret = Some(v);
+        }
+        if let Some(path) = self.jwt_es256_public_key {
+            let pem = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading ES256 public key {}", path.display()))?;
+            c.gateway.auth.es256_public_key_pem = Some(pem);
+        }
+        if let Some(v) = self.jwt_audience {
+            c.gateway.auth.audience = v;
+        }
+        if let Some(v) = self.jwt_issuer {
+            c.gateway.auth.issuer = v;
+        }
+        if !self.allow_origin.is_empty() {
+            c.gateway.allowed_origins = self.allow_origin;
+        }
+        if let Some(v) = self.max_message_bytes {
+            c.gateway.max_message_bytes = v;
+            c.shard.max_update_bytes = v;
+        }
+        if let Some(v) = self.max_doc_bytes {
+            c.shard.max_doc_bytes = v;
+        }
+        if let Some(v) = self.max_update_depth {
+            c.shard.max_update_depth = v;
+        }
+        if let Some(v) = self.outbound_queue {
+            c.gateway.outbound_queue = v;
+        }
+        if let Some(v) = self.idle_unload_secs {
+            c.shard.idle_unload = Duration::try_from_secs_f64(v).context("--idle-unload-secs")?;
+        }
+        if let Some(v) = self.awareness_timeout_secs {
+            c.shard.awareness_timeout = Duration::try_from_secs_f64(v).context("--awareness-timeout-secs")?;
+        }
+        if let Some(v) = self.snapshot_every {
+            c.shard.snapshot_every = v;
+        }
+        // `tandem dev` is the zero-setup mode: anonymous unless a key is configured.
+        let has_key = c.gateway.auth.hs256_secret.is_some() || c.gateway.auth.es256_public_key_pem.is_some();
+        c.gateway.auth.allow_anonymous = !has_key;
+        if c.shards == 0 || c.shards > 64 {
+            bail!("--shards must be between 1 and 64");
+        }
+        if c.gateway.max_message_bytes < 64 {
+            bail!("--max-message-bytes must be at least 64");
+        }
+        if c.gateway.outbound_queue == 0 {
+            bail!("--outbound-queue must be at least 1");
+        }
+        if c.shard.snapshot_every == 0 {
+            bail!("--snapshot-every must be at least 1");
+        }
+        if c.shard.max_update_depth == 0 {
+            bail!("--max-update-depth must be at least 1");
+        }
+        if c.gateway.auth.hs256_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            bail!("the HS256 secret must be at least 16 bytes");
+        }
+        Ok(c)
+    }
+}
