@@ -71,7 +71,7 @@ impl Table {
     pub fn expire(&mut self, deadline: Instant) -> Vec<(u64, u64)> {
         let mut out = Vec::new();
         self.states.retain(|client, st| {
-            if st.json.is_some() && st.updated < deadline {
+            if st.json.is_some() && st.updated <= deadline {
                 out.push((*client, st.clock + 1));
                 false
             } else {

@@ -14,6 +14,9 @@ import * as awarenessProtocol from 'y-protocols/awareness'
 
 export { WebSocket }
 
+// every WebsocketProvider adds a process 'exit' listener; tests open dozens
+process.setMaxListeners(Math.max(process.getMaxListeners(), 500))
+
 // y-websocket message types
 export const MSG_SYNC = 0
 export const MSG_AWARENESS = 1
@@ -94,6 +97,13 @@ export function destroyAll (clients) {
 /** Map of clientID -> clock of a doc's state vector. */
 export function stateVector (doc) {
   return Y.decodeStateVector(Y.encodeStateVector(doc))
+}
+
+/** JSON with object keys sorted, for order-insensitive comparisons. */
+export function canonicalJson (value) {
+  return JSON.stringify(value, (_k, v) => (v && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Uint8Array))
+    ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, v[k]]))
+    : v)
 }
 
 export function sameBytes (a, b) {
@@ -203,8 +213,12 @@ export function openRaw (url, docId, { headers, protocols, path } = {}) {
   const messages = []
   let error = null
   let status = null
+  const socketErrors = [] // TCP-level errors (EPIPE / ECONNRESET = the peer reset the connection)
   const opened = new Promise((resolve, reject) => {
-    ws.once('open', () => resolve())
+    ws.once('open', () => {
+      ws._socket?.on('error', (e) => socketErrors.push(e.code ?? e.message))
+      resolve()
+    })
     ws.once('unexpected-response', (_req, res) => {
       status = res.statusCode
       res.resume()
@@ -217,7 +231,7 @@ export function openRaw (url, docId, { headers, protocols, path } = {}) {
   })
   opened.catch(() => {})
   const closed = new Promise((resolve) => {
-    ws.on('close', (code, reason) => resolve({ code, reason: reason.toString(), error, status }))
+    ws.on('close', (code, reason) => resolve({ code, reason: reason.toString(), error, status, socketErrors }))
   })
   ws.on('error', (e) => { error = e.message })
   ws.on('message', (data, isBinary) => {
@@ -231,6 +245,14 @@ export function openRaw (url, docId, { headers, protocols, path } = {}) {
     send (frame) {
       if (typeof frame === 'string') ws.send(frame, { binary: false })
       else ws.send(frame, { binary: true })
+    },
+    /** send one binary message as `pieces` WebSocket frames (first + continuation frames) */
+    sendFragmented (buf, pieces) {
+      const size = Math.ceil(buf.length / pieces)
+      for (let off = 0; off < buf.length; off += size) {
+        const end = Math.min(buf.length, off + size)
+        ws.send(buf.subarray(off, end), { binary: true, fin: end === buf.length })
+      }
     },
     async waitForMessage (pred, ms = 5000) {
       return waitFor(() => messages.find((m) => typeof m !== 'string' && pred(decodeMessage(m))), ms, {
@@ -330,6 +352,90 @@ export function nestedAnyUpdate (client, depth = 10_000) {
   return encoding.toUint8Array(e)
 }
 
+/** writeAny-encoded array nested `depth` deep ending in null. */
+function writeDeepAnyArray (e, depth) {
+  for (let i = 0; i < depth; i++) {
+    encoding.writeUint8(e, 117)
+    encoding.writeVarUint(e, 1)
+  }
+  encoding.writeUint8(e, 126)
+}
+
+/** ContentAny (info 0x08) holding objects nested `depth` deep: 118, len 1, key "k", ... */
+export function nestedAnyObjectUpdate (client, depth = 10_000) {
+  const e = encoding.createEncoder()
+  oneStructHeader(e, client)
+  encoding.writeUint8(e, 0x08)
+  encoding.writeVarUint(e, 1)
+  encoding.writeVarString(e, 'a')
+  encoding.writeVarUint(e, 1)
+  for (let i = 0; i < depth; i++) {
+    encoding.writeUint8(e, 118) // object
+    encoding.writeVarUint(e, 1) // one entry
+    encoding.writeVarString(e, 'k')
+  }
+  encoding.writeUint8(e, 126)
+  encoding.writeVarUint(e, 0)
+  return encoding.toUint8Array(e)
+}
+
+/** ContentAny as a map entry (info 0x08 | 0x20 parentSub) nested `depth` deep under root map "m". */
+export function nestedAnyMapEntryUpdate (client, depth = 10_000) {
+  const e = encoding.createEncoder()
+  oneStructHeader(e, client)
+  encoding.writeUint8(e, 0x28)
+  encoding.writeVarUint(e, 1)
+  encoding.writeVarString(e, 'm')
+  encoding.writeVarString(e, 'deep') // parentSub
+  encoding.writeVarUint(e, 1)
+  writeDeepAnyArray(e, depth)
+  encoding.writeVarUint(e, 0)
+  return encoding.toUint8Array(e)
+}
+
+/** JSON text nested `depth` deep: [[[...null...]]] */
+export function deepJsonString (depth = 10_000) {
+  return '['.repeat(depth) + 'null' + ']'.repeat(depth)
+}
+
+/** ContentEmbed (info 0x05) under root "t" whose JSON is nested `depth` deep. */
+export function deepEmbedUpdate (client, depth = 10_000) {
+  const e = encoding.createEncoder()
+  oneStructHeader(e, client)
+  encoding.writeUint8(e, 0x05)
+  encoding.writeVarUint(e, 1)
+  encoding.writeVarString(e, 't')
+  encoding.writeVarString(e, deepJsonString(depth))
+  encoding.writeVarUint(e, 0)
+  return encoding.toUint8Array(e)
+}
+
+/** ContentFormat (info 0x06) under root "t", key "bold", JSON value nested `depth` deep. */
+export function deepFormatUpdate (client, depth = 10_000) {
+  const e = encoding.createEncoder()
+  oneStructHeader(e, client)
+  encoding.writeUint8(e, 0x06)
+  encoding.writeVarUint(e, 1)
+  encoding.writeVarString(e, 't')
+  encoding.writeVarString(e, 'bold')
+  encoding.writeVarString(e, deepJsonString(depth))
+  encoding.writeVarUint(e, 0)
+  return encoding.toUint8Array(e)
+}
+
+/** ContentDoc (info 0x09) under root "a": guid "g", options any nested `depth` deep. */
+export function deepSubdocOptionsUpdate (client, depth = 10_000) {
+  const e = encoding.createEncoder()
+  oneStructHeader(e, client)
+  encoding.writeUint8(e, 0x09)
+  encoding.writeVarUint(e, 1)
+  encoding.writeVarString(e, 'a')
+  encoding.writeVarString(e, 'g')
+  writeDeepAnyArray(e, depth)
+  encoding.writeVarUint(e, 0)
+  return encoding.toUint8Array(e)
+}
+
 /** One Item with ContentString (info 0x04) under root "t" whose bytes are not UTF-8. */
 export function invalidUtf8StringUpdate (client, bytes = [0xc3, 0x28, 0xff, 0xfe]) {
   const e = encoding.createEncoder()
@@ -366,6 +472,46 @@ export function lengthPastEndUpdate (client) {
   encoding.writeVarString(e, 't')
   encoding.writeVarUint(e, 1000)
   for (const b of Buffer.from('abc')) encoding.writeUint8(e, b)
+  return encoding.toUint8Array(e)
+}
+
+/**
+ * Updates whose counts / lengths claim far more data than follows (a decoder that
+ * pre-allocates from them aborts the process). `which`: structs | anyArray | string | deleteRanges
+ */
+export function hugeLengthUpdate (client, which) {
+  const HUGE = Number.MAX_SAFE_INTEGER
+  const e = encoding.createEncoder()
+  if (which === 'structs') {
+    encoding.writeVarUint(e, 1)
+    encoding.writeVarUint(e, HUGE) // number of structs
+    encoding.writeVarUint(e, client)
+    encoding.writeVarUint(e, 0)
+    return encoding.toUint8Array(e)
+  }
+  if (which === 'deleteRanges') {
+    encoding.writeVarUint(e, 0) // no structs
+    encoding.writeVarUint(e, 1) // one client in the delete set
+    encoding.writeVarUint(e, client)
+    encoding.writeVarUint(e, HUGE) // number of ranges
+    return encoding.toUint8Array(e)
+  }
+  oneStructHeader(e, client)
+  if (which === 'anyArray') {
+    encoding.writeUint8(e, 0x08)
+    encoding.writeVarUint(e, 1)
+    encoding.writeVarString(e, 'a')
+    encoding.writeVarUint(e, 1)
+    encoding.writeUint8(e, 117)
+    encoding.writeVarUint(e, 0xffffffff) // array length
+  } else if (which === 'string') {
+    encoding.writeUint8(e, 0x04)
+    encoding.writeVarUint(e, 1)
+    encoding.writeVarString(e, 't')
+    encoding.writeVarUint(e, HUGE) // string byte length
+  } else {
+    throw new Error('unknown variant ' + which)
+  }
   return encoding.toUint8Array(e)
 }
 

@@ -340,7 +340,11 @@ mod tests {
         ];
         for v in cases {
             let bytes = enc_u(v);
-            let expected_len = if v == 0 { 1 } else { (64 - v.leading_zeros() as usize).div_ceil(7) };
+            let expected_len = if v == 0 {
+                1
+            } else {
+                (64 - v.leading_zeros() as usize).div_ceil(7)
+            };
             assert_eq!(bytes.len(), expected_len, "len for {v}");
             let mut d = Decoder::new(&bytes);
             assert_eq!(d.read_var_u64(), Ok(v));
@@ -355,24 +359,42 @@ mod tests {
         assert_eq!(enc_u(127), [0x7F]);
         assert_eq!(enc_u(128), [0x80, 0x01]);
         assert_eq!(enc_u(300), [0xAC, 0x02]);
-        assert_eq!(enc_u(u64::MAX), [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]);
+        assert_eq!(
+            enc_u(u64::MAX),
+            [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]
+        );
     }
 
     #[test]
     fn var_u64_accepts_overlong_and_rejects_overflow() {
         assert_eq!(Decoder::new(&[0x80, 0x00]).read_var_u64(), Ok(0));
-        assert_eq!(Decoder::new(&[0x81, 0x80, 0x80, 0x00]).read_var_u64(), Ok(1));
+        assert_eq!(
+            Decoder::new(&[0x81, 0x80, 0x80, 0x00]).read_var_u64(),
+            Ok(1)
+        );
         // 10th byte carrying more than bit 63.
         let mut over = vec![0xFF; 9];
         over.push(0x02);
-        assert_eq!(Decoder::new(&over).read_var_u64(), Err(WireError::VarIntOverflow));
+        assert_eq!(
+            Decoder::new(&over).read_var_u64(),
+            Err(WireError::VarIntOverflow)
+        );
         // 11 bytes, even if all zero payload.
         let mut long = vec![0x80; 10];
         long.push(0x00);
-        assert_eq!(Decoder::new(&long).read_var_u64(), Err(WireError::VarIntOverflow));
+        assert_eq!(
+            Decoder::new(&long).read_var_u64(),
+            Err(WireError::VarIntOverflow)
+        );
         // Truncated in the middle.
-        assert_eq!(Decoder::new(&[0x80, 0x80]).read_var_u64(), Err(WireError::UnexpectedEof));
-        assert_eq!(Decoder::new(&[]).read_var_u64(), Err(WireError::UnexpectedEof));
+        assert_eq!(
+            Decoder::new(&[0x80, 0x80]).read_var_u64(),
+            Err(WireError::UnexpectedEof)
+        );
+        assert_eq!(
+            Decoder::new(&[]).read_var_u64(),
+            Err(WireError::UnexpectedEof)
+        );
     }
 
     #[test]
@@ -424,22 +446,37 @@ mod tests {
         // Magnitude 2^63 as a positive number.
         let mut pos = enc_i(i64::MIN);
         pos[0] &= !0x40;
-        assert_eq!(Decoder::new(&pos).read_var_i64(), Err(WireError::VarIntOverflow));
+        assert_eq!(
+            Decoder::new(&pos).read_var_i64(),
+            Err(WireError::VarIntOverflow)
+        );
         // Magnitude above 2^63 as a negative number.
         let mut neg = vec![0xFF];
         neg.extend_from_slice(&[0xFF; 8]);
         neg.push(0x03);
-        assert_eq!(Decoder::new(&neg).read_var_i64(), Err(WireError::VarIntOverflow));
+        assert_eq!(
+            Decoder::new(&neg).read_var_i64(),
+            Err(WireError::VarIntOverflow)
+        );
         // Bits beyond bit 63.
         let mut big = vec![0xBF];
         big.extend_from_slice(&[0xFF; 8]);
         big.push(0x04);
-        assert_eq!(Decoder::new(&big).read_var_i64(), Err(WireError::VarIntOverflow));
+        assert_eq!(
+            Decoder::new(&big).read_var_i64(),
+            Err(WireError::VarIntOverflow)
+        );
         // More than 10 bytes.
         let mut long = vec![0x80; 10];
         long.push(0x00);
-        assert_eq!(Decoder::new(&long).read_var_i64(), Err(WireError::VarIntOverflow));
-        assert_eq!(Decoder::new(&[0x80]).read_var_i64(), Err(WireError::UnexpectedEof));
+        assert_eq!(
+            Decoder::new(&long).read_var_i64(),
+            Err(WireError::VarIntOverflow)
+        );
+        assert_eq!(
+            Decoder::new(&[0x80]).read_var_i64(),
+            Err(WireError::UnexpectedEof)
+        );
     }
 
     #[test]
@@ -466,22 +503,45 @@ mod tests {
         e.write_var_u64(1 << 40);
         e.write_raw(b"abc");
         let bytes = e.into_vec();
-        assert_eq!(Decoder::new(&bytes).read_var_bytes(), Err(WireError::LengthTooLarge));
-        assert_eq!(Decoder::new(&bytes).read_var_str(), Err(WireError::LengthTooLarge));
+        assert_eq!(
+            Decoder::new(&bytes).read_var_bytes(),
+            Err(WireError::LengthTooLarge)
+        );
+        assert_eq!(
+            Decoder::new(&bytes).read_var_str(),
+            Err(WireError::LengthTooLarge)
+        );
         let mut e = Encoder::new();
         e.write_var_u64(u64::MAX);
-        assert_eq!(Decoder::new(e.as_slice()).read_len(), Err(WireError::LengthTooLarge));
+        assert_eq!(
+            Decoder::new(e.as_slice()).read_len(),
+            Err(WireError::LengthTooLarge)
+        );
         // Exactly the remaining bytes is fine, one more is not.
-        assert_eq!(Decoder::new(&[3, 1, 2, 3]).read_var_bytes(), Ok(&[1u8, 2, 3][..]));
-        assert_eq!(Decoder::new(&[4, 1, 2, 3]).read_var_bytes(), Err(WireError::LengthTooLarge));
+        assert_eq!(
+            Decoder::new(&[3, 1, 2, 3]).read_var_bytes(),
+            Ok(&[1u8, 2, 3][..])
+        );
+        assert_eq!(
+            Decoder::new(&[4, 1, 2, 3]).read_var_bytes(),
+            Err(WireError::LengthTooLarge)
+        );
     }
 
     #[test]
     fn invalid_utf8_is_rejected() {
-        for bad in [&[0xC3, 0x28][..], &[0xFF], &[0xED, 0xA0, 0x80], &[0xF0, 0x9F, 0x8C]] {
+        for bad in [
+            &[0xC3, 0x28][..],
+            &[0xFF],
+            &[0xED, 0xA0, 0x80],
+            &[0xF0, 0x9F, 0x8C],
+        ] {
             let mut e = Encoder::new();
             e.write_var_bytes(bad);
-            assert_eq!(Decoder::new(e.as_slice()).read_var_str(), Err(WireError::InvalidUtf8));
+            assert_eq!(
+                Decoder::new(e.as_slice()).read_var_str(),
+                Err(WireError::InvalidUtf8)
+            );
         }
     }
 

@@ -288,7 +288,10 @@ mod tests {
 
     #[test]
     fn trailing_bytes_after_message_are_tolerated() {
-        assert_eq!(Message::decode(&[0, 0, 1, 0, 99, 98]), Ok(Message::SyncStep1(&[0])));
+        assert_eq!(
+            Message::decode(&[0, 0, 1, 0, 99, 98]),
+            Ok(Message::SyncStep1(&[0]))
+        );
         assert_eq!(Message::decode(&[3, 1, 2]), Ok(Message::QueryAwareness));
     }
 
@@ -297,13 +300,31 @@ mod tests {
         assert_eq!(Message::decode(&[]), Err(WireError::UnexpectedEof));
         assert_eq!(Message::decode(&[0]), Err(WireError::UnexpectedEof));
         assert_eq!(Message::decode(&[0, 0]), Err(WireError::UnexpectedEof));
-        assert_eq!(Message::decode(&[0, 0, 5, 1]), Err(WireError::LengthTooLarge));
-        assert_eq!(Message::decode(&[0, 3, 0]), Err(WireError::UnknownSyncType(3)));
+        assert_eq!(
+            Message::decode(&[0, 0, 5, 1]),
+            Err(WireError::LengthTooLarge)
+        );
+        assert_eq!(
+            Message::decode(&[0, 3, 0]),
+            Err(WireError::UnknownSyncType(3))
+        );
         assert_eq!(Message::decode(&[4]), Err(WireError::UnknownMessageType(4)));
-        assert_eq!(Message::decode(&[0x80, 0x01]), Err(WireError::UnknownMessageType(128)));
-        assert_eq!(Message::decode(&[2, 1, 0]), Err(WireError::UnknownAuthType(1)));
-        assert_eq!(Message::decode(&[2, 0, 1, 0xFF]), Err(WireError::InvalidUtf8));
-        assert_eq!(Message::decode(&[1, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F]), Err(WireError::LengthTooLarge));
+        assert_eq!(
+            Message::decode(&[0x80, 0x01]),
+            Err(WireError::UnknownMessageType(128))
+        );
+        assert_eq!(
+            Message::decode(&[2, 1, 0]),
+            Err(WireError::UnknownAuthType(1))
+        );
+        assert_eq!(
+            Message::decode(&[2, 0, 1, 0xFF]),
+            Err(WireError::InvalidUtf8)
+        );
+        assert_eq!(
+            Message::decode(&[1, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F]),
+            Err(WireError::LengthTooLarge)
+        );
         // Every strict prefix of a valid message fails cleanly.
         let full = encode_update(&[1, 2, 3, 4]);
         for cut in 0..full.len() {
@@ -313,7 +334,11 @@ mod tests {
 
     #[test]
     fn awareness_update_round_trip() {
-        let entries = [(1u64, 0u64, "{\"user\":{\"name\":\"Ann\"}}"), (u64::from(u32::MAX), 7, "null"), (300, 1 << 40, "{}")];
+        let entries = [
+            (1u64, 0u64, "{\"user\":{\"name\":\"Ann\"}}"),
+            (u64::from(u32::MAX), 7, "null"),
+            (300, 1 << 40, "{}"),
+        ];
         let bytes = encode_awareness_update(&entries);
         let decoded = decode_awareness_update(&bytes).expect("decode");
         assert_eq!(decoded.len(), 3);
@@ -328,9 +353,18 @@ mod tests {
     #[test]
     fn awareness_update_rejects_bad_input() {
         // Count larger than the remaining bytes: rejected before allocating.
-        assert_eq!(decode_awareness_update(&[0xFF, 0xFF, 0xFF, 0xFF, 0x0F, 1]), Err(WireError::LengthTooLarge));
-        assert_eq!(decode_awareness_update(&[1, 1, 1, 1, 0xFF]), Err(WireError::InvalidUtf8));
-        assert_eq!(decode_awareness_update(&[0, 0]), Err(WireError::TrailingBytes));
+        assert_eq!(
+            decode_awareness_update(&[0xFF, 0xFF, 0xFF, 0xFF, 0x0F, 1]),
+            Err(WireError::LengthTooLarge)
+        );
+        assert_eq!(
+            decode_awareness_update(&[1, 1, 1, 1, 0xFF]),
+            Err(WireError::InvalidUtf8)
+        );
+        assert_eq!(
+            decode_awareness_update(&[0, 0]),
+            Err(WireError::TrailingBytes)
+        );
         let good = encode_awareness_update(&[(1, 2, "null")]);
         for cut in 0..good.len() {
             assert!(decode_awareness_update(&good[..cut]).is_err());
@@ -343,7 +377,10 @@ mod tests {
         let bytes = encode_state_vector(&sv);
         assert_eq!(decode_state_vector(&bytes), Ok(sv.to_vec()));
         assert_eq!(decode_state_vector(&[0]), Ok(vec![]));
-        assert_eq!(decode_state_vector(&[5, 1, 1]), Err(WireError::LengthTooLarge));
+        assert_eq!(
+            decode_state_vector(&[5, 1, 1]),
+            Err(WireError::LengthTooLarge)
+        );
         assert_eq!(decode_state_vector(&[1, 1]), Err(WireError::UnexpectedEof));
         assert_eq!(decode_state_vector(&[0, 1]), Err(WireError::TrailingBytes));
     }
@@ -360,7 +397,8 @@ mod tests {
                     decode_state_vector(sv).unwrap_or_else(|e| panic!("{name}: {e}"));
                 }
                 Message::Awareness(a) => {
-                    let entries = decode_awareness_update(a).unwrap_or_else(|e| panic!("{name}: {e}"));
+                    let entries =
+                        decode_awareness_update(a).unwrap_or_else(|e| panic!("{name}: {e}"));
                     assert!(!entries.is_empty());
                 }
                 Message::AuthPermissionDenied(r) => assert_eq!(r, "you shall not pass ✋"),
@@ -377,7 +415,10 @@ mod tests {
         for (name, bytes) in vectors("awareness_") {
             let entries = decode_awareness_update(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert!(!entries.is_empty(), "{name}");
-            let triples: Vec<(u64, u64, &str)> = entries.iter().map(|e| (e.client_id, e.clock, e.state_json)).collect();
+            let triples: Vec<(u64, u64, &str)> = entries
+                .iter()
+                .map(|e| (e.client_id, e.clock, e.state_json))
+                .collect();
             assert_eq!(encode_awareness_update(&triples), bytes, "{name}");
             if name == "awareness_removed" {
                 assert!(entries[0].is_removal());

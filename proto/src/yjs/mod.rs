@@ -10,7 +10,8 @@
 //!   updates and state vectors.
 //! * [`validate`]: a complete, non-recursive, linear-time walk of update v1
 //!   binaries ([`validate_update_v1`]) and the other payloads, which rejects
-//!   anything that could crash, hang or balloon a downstream decoder.
+//!   anything that could crash, hang or balloon a downstream decoder, or
+//!   that yrs would parse differently from yjs ([`Target`]).
 //!   [`validate::hostile`] builds known-bad inputs for tests.
 //!
 //! Typical server use: `validate_message(frame, &Limits::default(), max)`,
@@ -30,6 +31,7 @@ pub use message::{
     encode_sync_step2, encode_update, AwarenessEntry, Message,
 };
 pub use validate::{
-    validate_awareness_update, validate_message, validate_state_vector, validate_update_v1, Limits,
-    UpdateSummary, ValidationError,
+    update_client_ranges, validate_awareness_update, validate_message, validate_state_vector,
+    validate_update_v1, validate_update_v1_for, ClientRange, Limits, Target, UpdateSummary,
+    ValidationError,
 };

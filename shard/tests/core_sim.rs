@@ -1,0 +1,453 @@
+//! The shard core on a virtual clock: no sockets, no tasks. A harness plays the store (committing into
+//! an in-memory log) and fake clients built on yrs, and steps time by hand.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use proto::event::{Bytes, DocumentUpdatedV1};
+use proto::yjs::message::{self, Message};
+use proto::yjs::validate::hostile;
+use proto::{DocId, Epoch, Event, EventPayload, Seq, StreamId, UserId};
+use shard::{ConnId, CoreConfig, Output, ShardCore};
+use store::{Loaded, Snapshot, StoreError};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
+
+#[derive(Default)]
+struct Log {
+    events: Vec<Event>,
+    snapshot: Option<Snapshot>,
+    epoch: u64,
+}
+
+struct Harness {
+    core: ShardCore,
+    now: Instant,
+    logs: HashMap<DocId, Log>,
+    inbox: HashMap<ConnId, Vec<Vec<u8>>>,
+    closed: HashMap<ConnId, u16>,
+    pending_loads: Vec<DocId>,
+    pending_appends: Vec<(DocId, Epoch, Seq, UserId, Vec<u8>)>,
+    unloaded: Vec<DocId>,
+    auto_commit: bool,
+}
+
+fn doc_id(s: &str) -> DocId {
+    DocId::parse(s).expect("valid id")
+}
+
+impl Harness {
+    fn new(cfg: CoreConfig) -> Self {
+        Self {
+            core: ShardCore::new(cfg),
+            now: Instant::now(),
+            logs: HashMap::new(),
+            inbox: HashMap::new(),
+            closed: HashMap::new(),
+            pending_loads: Vec::new(),
+            pending_appends: Vec::new(),
+            unloaded: Vec::new(),
+            auto_commit: true,
+        }
+    }
+
+    /// Drains outputs; loads are answered immediately, appends when `auto_commit` (else held).
+    fn step(&mut self) {
+        loop {
+            let mut progressed = false;
+            while let Some(out) = self.core.poll_output() {
+                progressed = true;
+                match out {
+                    Output::Send { conn, msg } => self.inbox.entry(conn).or_default().push(msg.to_vec()),
+                    Output::Close { conn, code, .. } => {
+                        self.closed.insert(conn, code);
+                    }
+                    Output::Load { doc } => self.pending_loads.push(doc),
+                    Output::Append {
+                        doc,
+                        epoch,
+                        seq,
+                        actor,
+                        update,
+                    } => self.pending_appends.push((doc, epoch, seq, actor, update)),
+                    Output::Snapshot { doc, epoch, snapshot } => {
+                        let log = self.logs.entry(doc.clone()).or_default();
+                        let r = if log.epoch == epoch.0 {
+                            log.snapshot = Some(snapshot);
+                            Ok(())
+                        } else {
+                            Err(StoreError::StaleEpoch {
+                                writer: epoch,
+                                current: Epoch(log.epoch),
+                            })
+                        };
+                        self.core.handle_snapshot_written(self.now, &doc, r);
+                    }
+                    Output::Applied { .. } => {}
+                    Output::Unloaded { doc } => self.unloaded.push(doc),
+                }
+            }
+            for doc in std::mem::take(&mut self.pending_loads) {
+                progressed = true;
+                let log = self.logs.entry(doc.clone()).or_default();
+                log.epoch += 1;
+                let after = log.snapshot.as_ref().map(|s| s.seq).unwrap_or_default();
+                let loaded = Loaded {
+                    snapshot: log.snapshot.clone(),
+                    tail: log.events.iter().filter(|e| e.seq > after).cloned().collect(),
+                };
+                let epoch = Epoch(log.epoch);
+                self.core.handle_loaded(self.now, &doc, Ok((epoch, loaded)));
+            }
+            if self.auto_commit {
+                for (doc, epoch, seq, actor, update) in std::mem::take(&mut self.pending_appends) {
+                    progressed = true;
+                    self.commit(&doc, epoch, seq, actor, update);
+                    self.core.handle_appended(self.now, &doc, seq, Ok(()));
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn commit(&mut self, doc: &DocId, epoch: Epoch, seq: Seq, actor: UserId, update: Vec<u8>) {
+        let log = self.logs.entry(doc.clone()).or_default();
+        assert_eq!(log.epoch, epoch.0, "append under the current epoch");
+        let last = log.events.last().map(|e| e.seq).unwrap_or_default();
+        assert_eq!(seq, last.next(), "gap-free seqs");
+        log.events.push(Event {
+            id: uuid::Uuid::now_v7(),
+            version: 1,
+            stream: StreamId::Doc(doc.clone()),
+            seq,
+            epoch,
+            actor,
+            ts: 0,
+            trace: None,
+            payload: EventPayload::DocumentUpdated(DocumentUpdatedV1 { update: Bytes(update) }),
+        });
+    }
+
+    fn open(&mut self, conn: u64, doc: &str, can_write: bool) -> ConnId {
+        let c = ConnId(conn);
+        self.core
+            .handle_open(self.now, c, doc_id(doc), UserId::parse("ada").expect("valid"), can_write);
+        self.step();
+        c
+    }
+
+    fn send(&mut self, conn: ConnId, msg: Vec<u8>) {
+        self.core.handle_message(self.now, conn, msg);
+        self.step();
+    }
+
+    fn take(&mut self, conn: ConnId) -> Vec<Vec<u8>> {
+        self.inbox.remove(&conn).unwrap_or_default()
+    }
+
+    fn advance(&mut self, d: Duration) {
+        let target = self.now + d;
+        // Step to every deadline on the way, like the driver would.
+        while let Some(t) = self.core.poll_timeout() {
+            if t > target {
+                break;
+            }
+            self.now = self.now.max(t);
+            self.core.handle_timeout(self.now);
+            self.step();
+        }
+        self.now = target;
+        self.core.handle_timeout(self.now);
+        self.step();
+    }
+}
+
+/// A fake client: a yrs doc whose edits are turned into y-websocket update messages.
+struct Client {
+    doc: Doc,
+}
+
+impl Client {
+    fn new(id: u64) -> Self {
+        Self {
+            doc: Doc::with_client_id(id),
+        }
+    }
+
+    fn insert(&self, at: u32, s: &str) -> Vec<u8> {
+        let text = self.doc.get_or_insert_text("t");
+        let before = self.doc.transact().state_vector();
+        {
+            let mut txn = self.doc.transact_mut();
+            text.insert(&mut txn, at, s);
+        }
+        let update = self.doc.transact().encode_diff_v1(&before);
+        message::encode_update(&update)
+    }
+
+    fn receive(&self, msgs: &[Vec<u8>]) {
+        for m in msgs {
+            match Message::decode(m).expect("server sends valid messages") {
+                Message::SyncStep2(u) | Message::Update(u) => {
+                    let u = Update::decode_v1(u).expect("valid update");
+                    self.doc.transact_mut().apply_update(u).expect("applies");
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn text(&self) -> String {
+        let text = self.doc.get_or_insert_text("t");
+        text.get_string(&self.doc.transact())
+    }
+
+    fn sync_step1(&self) -> Vec<u8> {
+        message::encode_sync_step1(&self.doc.transact().state_vector().encode_v1())
+    }
+}
+
+fn kinds(msgs: &[Vec<u8>]) -> Vec<&'static str> {
+    msgs.iter()
+        .map(|m| match Message::decode(m).expect("valid") {
+            Message::SyncStep1(_) => "step1",
+            Message::SyncStep2(_) => "step2",
+            Message::Update(_) => "update",
+            Message::Awareness(_) => "awareness",
+            Message::AuthPermissionDenied(_) => "denied",
+            Message::QueryAwareness => "query",
+        })
+        .collect()
+}
+
+#[test]
+fn sync_handshake_and_broadcast_after_commit() {
+    let mut h = Harness::new(CoreConfig::default());
+    let a = h.open(1, "d", true);
+    let b = h.open(2, "d", true);
+    assert_eq!(kinds(&h.take(a)), ["step1"], "server greets with its state vector");
+    assert_eq!(kinds(&h.take(b)), ["step1"]);
+
+    let ca = Client::new(10);
+    let cb = Client::new(11);
+    h.auto_commit = false;
+    h.send(a, ca.insert(0, "hello"));
+    assert_eq!(h.pending_appends.len(), 1, "the update goes to the store");
+    assert!(h.take(b).is_empty(), "nothing is broadcast before the commit");
+    // A newcomer syncing now does not see the uncommitted update either.
+    let c = h.open(3, "d", true);
+    let cc = Client::new(12);
+    h.take(c);
+    h.send(c, cc.sync_step1());
+    cc.receive(&h.take(c));
+    assert_eq!(cc.text(), "");
+
+    h.auto_commit = true;
+    h.step();
+    let to_b = h.take(b);
+    assert_eq!(kinds(&to_b), ["update"]);
+    cb.receive(&to_b);
+    assert_eq!(cb.text(), "hello");
+    assert!(h.take(a).is_empty(), "the sender does not get its own update back");
+
+    // Sync step 1 from a fresh client returns the committed state as step 2.
+    let cd = Client::new(13);
+    let d = h.open(4, "d", true);
+    h.take(d);
+    h.send(d, cd.sync_step1());
+    let reply = h.take(d);
+    assert_eq!(kinds(&reply), ["step2"]);
+    cd.receive(&reply);
+    assert_eq!(cd.text(), "hello");
+    assert_eq!(h.logs[&doc_id("d")].events.len(), 1);
+}
+
+#[test]
+fn failed_append_shows_nothing_and_closes_the_document() {
+    let mut h = Harness::new(CoreConfig::default());
+    let a = h.open(1, "d", true);
+    let b = h.open(2, "d", true);
+    h.take(a);
+    h.take(b);
+    h.auto_commit = false;
+    h.send(a, Client::new(10).insert(0, "lost?"));
+    let (doc, _, seq, _, _) = h.pending_appends.pop().expect("one append");
+    h.core
+        .handle_appended(h.now, &doc, seq, Err(StoreError::Unavailable("disk".into())));
+    h.step();
+    assert!(h.take(b).is_empty(), "an uncommitted update is never broadcast");
+    assert_eq!(h.closed.get(&a), Some(&1011));
+    assert_eq!(h.closed.get(&b), Some(&1011));
+    assert!(!h.core.is_loaded(&doc));
+}
+
+#[test]
+fn messages_sent_while_loading_are_processed_after_load() {
+    let mut h = Harness::new(CoreConfig::default());
+    let c = ConnId(1);
+    h.core
+        .handle_open(h.now, c, doc_id("d"), UserId::parse("ada").expect("valid"), true);
+    // Do not step: the load is outstanding while the client already sends.
+    h.core.handle_message(h.now, c, Client::new(10).insert(0, "early"));
+    h.step();
+    assert_eq!(h.logs[&doc_id("d")].events.len(), 1);
+}
+
+#[test]
+fn read_only_updates_are_refused() {
+    let mut h = Harness::new(CoreConfig::default());
+    let r = h.open(1, "d", false);
+    let w = h.open(2, "d", true);
+    h.take(r);
+    h.take(w);
+    h.send(r, Client::new(10).insert(0, "nope"));
+    assert_eq!(kinds(&h.take(r)), ["denied"]);
+    assert!(h.take(w).is_empty());
+    assert!(h.logs[&doc_id("d")].events.is_empty(), "nothing persisted");
+    assert!(!h.closed.contains_key(&r), "a read-only client stays connected");
+}
+
+#[test]
+fn hostile_updates_are_refused_before_yrs_sees_them() {
+    let mut h = Harness::new(CoreConfig::default());
+    let w = h.open(2, "d", true);
+    for (i, (name, update)) in hostile::all().into_iter().enumerate() {
+        let c = h.open(100 + i as u64, "d", true);
+        h.take(w);
+        h.send(c, message::encode_update(&update));
+        assert_eq!(h.closed.get(&c), Some(&1007), "{name}");
+        assert!(h.take(w).is_empty(), "{name} was broadcast");
+    }
+    // The 10,000-deep array that aborts yrs 0.28.1 specifically.
+    let c = h.open(99, "d", true);
+    h.send(c, message::encode_update(&hostile::nested_any_array_update(10_000)));
+    assert_eq!(h.closed.get(&c), Some(&1007));
+    assert!(h.logs[&doc_id("d")].events.is_empty(), "nothing persisted");
+    // Malformed framing is a protocol error.
+    let c = h.open(98, "d", true);
+    h.send(c, vec![9, 9, 9]);
+    assert_eq!(h.closed.get(&c), Some(&1002));
+}
+
+#[test]
+fn document_size_limit_closes_with_1009() {
+    let cfg = CoreConfig {
+        max_doc_bytes: 200,
+        ..CoreConfig::default()
+    };
+    let mut h = Harness::new(cfg);
+    let a = h.open(1, "d", true);
+    let ca = Client::new(10);
+    h.send(a, ca.insert(0, &"x".repeat(100)));
+    assert!(!h.closed.contains_key(&a));
+    h.send(a, ca.insert(0, &"y".repeat(150)));
+    assert_eq!(h.closed.get(&a), Some(&1009));
+    assert_eq!(h.logs[&doc_id("d")].events.len(), 1);
+}
+
+fn awareness_msg(client: u64, clock: u64, json: &str) -> Vec<u8> {
+    message::encode_awareness(&message::encode_awareness_update(&[(client, clock, json)]))
+}
+
+fn awareness_entries(msgs: &[Vec<u8>]) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    for m in msgs {
+        if let Ok(Message::Awareness(u)) = Message::decode(m) {
+            for e in message::decode_awareness_update(u).expect("valid") {
+                out.push((e.client_id, e.state_json.to_owned()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn awareness_reaches_peers_and_is_removed_on_close() {
+    let mut h = Harness::new(CoreConfig::default());
+    let a = h.open(1, "d", true);
+    let b = h.open(2, "d", true);
+    h.take(a);
+    h.take(b);
+    h.send(a, awareness_msg(10, 1, r#"{"user":"ada"}"#));
+    assert_eq!(awareness_entries(&h.take(b)), [(10, r#"{"user":"ada"}"#.to_owned())]);
+    // A late joiner is greeted with the current states.
+    let c = h.open(3, "d", true);
+    assert_eq!(awareness_entries(&h.take(c)), [(10, r#"{"user":"ada"}"#.to_owned())]);
+    h.core.handle_close(h.now, a);
+    h.step();
+    assert_eq!(awareness_entries(&h.take(b)), [(10, "null".to_owned())]);
+}
+
+#[test]
+fn awareness_expires_without_renewal() {
+    let mut h = Harness::new(CoreConfig::default());
+    let a = h.open(1, "d", true);
+    let b = h.open(2, "d", true);
+    h.send(a, awareness_msg(10, 1, r#"{"n":1}"#));
+    h.take(b);
+    h.advance(Duration::from_secs(20));
+    assert!(awareness_entries(&h.take(b)).is_empty(), "still fresh at 20 s");
+    h.send(a, awareness_msg(10, 2, r#"{"n":2}"#));
+    h.take(b);
+    h.advance(Duration::from_secs(29));
+    assert!(awareness_entries(&h.take(b)).is_empty(), "renewed at 20 s");
+    h.advance(Duration::from_secs(2));
+    assert_eq!(awareness_entries(&h.take(b)), [(10, "null".to_owned())]);
+}
+
+#[test]
+fn idle_documents_unload_with_a_snapshot_and_reload_equal() {
+    let cfg = CoreConfig {
+        idle_unload: Duration::from_secs(30),
+        snapshot_every: 3,
+        ..CoreConfig::default()
+    };
+    let mut h = Harness::new(cfg);
+    let a = h.open(1, "d", true);
+    let ca = Client::new(10);
+    for i in 0..5 {
+        h.send(a, ca.insert(i, "z"));
+    }
+    let before = h.core.encode_state(&doc_id("d")).expect("loaded");
+    assert_eq!(
+        h.logs[&doc_id("d")].snapshot.as_ref().map(|s| s.seq),
+        Some(Seq(3)),
+        "compaction after 3 events"
+    );
+    h.core.handle_close(h.now, a);
+    h.step();
+    h.advance(Duration::from_secs(29));
+    assert!(h.core.is_loaded(&doc_id("d")), "not yet idle long enough");
+    h.advance(Duration::from_secs(2));
+    assert!(!h.core.is_loaded(&doc_id("d")), "unloaded after 30 s idle");
+    assert_eq!(h.logs[&doc_id("d")].snapshot.as_ref().map(|s| s.seq), Some(Seq(5)));
+
+    // Reload on demand: the state equals what was there, and seqs continue gap-free.
+    let b = h.open(2, "d", true);
+    let after = h.core.encode_state(&doc_id("d")).expect("reloaded");
+    let (d1, d2) = (Doc::new(), Doc::new());
+    d1.transact_mut().apply_update(Update::decode_v1(&before).expect("valid")).expect("applies");
+    d2.transact_mut().apply_update(Update::decode_v1(&after).expect("valid")).expect("applies");
+    assert_eq!(d1.transact().state_vector(), d2.transact().state_vector());
+    let cb = Client::new(11);
+    h.take(b);
+    h.send(b, cb.sync_step1());
+    cb.receive(&h.take(b));
+    assert_eq!(cb.text(), "zzzzz");
+    h.send(b, cb.insert(0, "!"));
+    assert_eq!(h.logs[&doc_id("d")].events.last().map(|e| e.seq), Some(Seq(6)));
+    assert_eq!(h.logs[&doc_id("d")].epoch, 2, "the reload took a new epoch");
+}
+
+#[test]
+fn empty_updates_are_not_persisted() {
+    let mut h = Harness::new(CoreConfig::default());
+    let a = h.open(1, "d", true);
+    let empty = Doc::new().transact().encode_diff_v1(&StateVector::default());
+    h.send(a, message::encode_sync_step2(&empty));
+    assert!(h.logs[&doc_id("d")].events.is_empty());
+    assert!(!h.closed.contains_key(&a));
+}
