@@ -1,7 +1,7 @@
 //! One WebSocket connection: a reader that forwards binary messages to the owning shard, and a writer
 //! that sends what the shard queues for it.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,9 +41,33 @@ fn close_code_for(e: &WebSocketError) -> Option<u16> {
     }
 }
 
-async fn send_close(w: &Writer, code: u16, reason: &str, timeout: Duration) {
-    let mut w = w.lock().await;
-    let _ = tokio::time::timeout(timeout, w.write_frame(Frame::close(code, reason.as_bytes()))).await;
+/// The connection's write half plus whether a close frame has gone out (RFC 6455 allows one).
+#[derive(Clone)]
+struct Out {
+    writer: Writer,
+    closed: Arc<AtomicBool>,
+}
+
+impl Out {
+    async fn close(&self, code: u16, reason: &str, timeout: Duration) {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let mut w = self.writer.lock().await;
+        let _ = tokio::time::timeout(timeout, w.write_frame(Frame::close(code, reason.as_bytes()))).await;
+    }
+}
+
+fn reason_for(code: u16) -> &'static str {
+    match code {
+        1001 => "going away",
+        1002 => "protocol error",
+        1003 => "binary messages only",
+        1007 => "invalid payload",
+        1008 => "slow consumer",
+        1009 => "message too big",
+        _ => "closing",
+    }
 }
 
 /// Runs a connection until either side closes it.
@@ -59,84 +83,107 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
     let (sink, mut out, kill) = ConnSink::new(gw.cfg.outbound_queue);
     gw.metrics.connections.inc();
     if !shard.open(p.conn, p.doc.clone(), p.actor.clone(), p.can_write, sink).await {
-        send_close(&writer, 1011, "shard unavailable", write_timeout).await;
+        let mut w = writer.lock().await;
+        let _ = tokio::time::timeout(write_timeout, w.write_frame(Frame::close(1011, b"shard unavailable"))).await;
+        drop(w);
         gw.metrics.connections.dec();
         return;
     }
 
+    let out_half = Out {
+        writer: writer.clone(),
+        closed: Arc::new(AtomicBool::new(false)),
+    };
+
     let reader_task = {
-        let writer = writer.clone();
+        let out_half = out_half.clone();
         let shard = shard.clone();
         let gw = gw.clone();
         let conn = p.conn;
         tokio::spawn(async move {
             let mut partial: Option<Vec<u8>> = None;
+            // Set when this side closed because of the client's input: keep reading (and discarding)
+            // until the client's close frame or EOF, so the close frame is not lost to a TCP reset
+            // caused by unread data.
+            let mut draining: Option<tokio::time::Instant> = None;
             loop {
                 let mut obligated = |frame: Frame<'static>| {
-                    let writer = writer.clone();
+                    let writer = out_half.writer.clone();
+                    let closed = out_half.closed.clone();
                     async move {
+                        if frame.opcode == OpCode::Close && closed.swap(true, Ordering::SeqCst) {
+                            return Ok(());
+                        }
                         let mut w = writer.lock().await;
                         w.write_frame(frame).await
                     }
                 };
-                let frame = match reader.read_frame(&mut obligated).await {
+                let read = match draining {
+                    // Cancelling a read is fine here: the connection is being torn down.
+                    Some(until) => match tokio::time::timeout_at(until, reader.read_frame(&mut obligated)).await {
+                        Ok(r) => r,
+                        Err(_) => break,
+                    },
+                    None => reader.read_frame(&mut obligated).await,
+                };
+                let frame = match read {
                     Ok(f) => f,
                     Err(e) => {
-                        if let Some(code) = close_code_for(&e) {
+                        if let (Some(code), None) = (close_code_for(&e), draining) {
                             gw.metrics.closes.with_label_values(&[&code.to_string()]).inc();
-                            send_close(&writer, code, "protocol error", write_timeout).await;
+                            out_half.close(code, reason_for(code), write_timeout).await;
                         }
                         break;
                     }
                 };
-                let message = match frame.opcode {
-                    OpCode::Binary if frame.fin => {
-                        if partial.is_some() {
-                            send_close(&writer, 1002, "expected continuation", write_timeout).await;
-                            break;
-                        }
-                        frame.payload.to_vec()
+                if draining.is_some() {
+                    if frame.opcode == OpCode::Close {
+                        break;
                     }
+                    continue;
+                }
+                let refuse = |code: u16| {
+                    gw.metrics.closes.with_label_values(&[&code.to_string()]).inc();
+                    code
+                };
+                let message = match frame.opcode {
+                    OpCode::Binary if partial.is_some() => Err(refuse(1002)),
+                    OpCode::Binary if frame.fin => Ok(frame.payload.to_vec()),
                     OpCode::Binary => {
-                        if partial.is_some() {
-                            send_close(&writer, 1002, "expected continuation", write_timeout).await;
-                            break;
-                        }
                         partial = Some(frame.payload.to_vec());
                         continue;
                     }
-                    OpCode::Continuation => {
-                        let Some(buf) = partial.as_mut() else {
-                            send_close(&writer, 1002, "unexpected continuation", write_timeout).await;
-                            break;
-                        };
-                        if buf.len() + frame.payload.len() > max {
-                            gw.metrics.closes.with_label_values(&["1009"]).inc();
-                            send_close(&writer, 1009, "message too big", write_timeout).await;
-                            break;
+                    OpCode::Continuation => match partial.as_mut() {
+                        None => Err(refuse(1002)),
+                        Some(buf) if buf.len() + frame.payload.len() > max => Err(refuse(1009)),
+                        Some(buf) => {
+                            buf.extend_from_slice(&frame.payload);
+                            if !frame.fin {
+                                continue;
+                            }
+                            Ok(partial.take().unwrap_or_default())
                         }
-                        buf.extend_from_slice(&frame.payload);
-                        if !frame.fin {
-                            continue;
-                        }
-                        partial.take().unwrap_or_default()
-                    }
-                    OpCode::Text => {
-                        gw.metrics.closes.with_label_values(&["1003"]).inc();
-                        send_close(&writer, 1003, "binary messages only", write_timeout).await;
-                        break;
-                    }
+                    },
+                    OpCode::Text => Err(refuse(1003)),
                     OpCode::Close => break,
                     OpCode::Ping | OpCode::Pong => continue,
                 };
-                if message.len() > max {
-                    gw.metrics.closes.with_label_values(&["1009"]).inc();
-                    send_close(&writer, 1009, "message too big", write_timeout).await;
-                    break;
-                }
-                if !shard.message(conn, message).await {
-                    send_close(&writer, 1011, "shard unavailable", write_timeout).await;
-                    break;
+                let message = match message {
+                    Ok(m) if m.len() > max => Err(refuse(1009)),
+                    other => other,
+                };
+                match message {
+                    Ok(m) => {
+                        if !shard.message(conn, m).await {
+                            out_half.close(1011, "shard unavailable", write_timeout).await;
+                            break;
+                        }
+                    }
+                    Err(code) => {
+                        partial = None;
+                        out_half.close(code, reason_for(code), write_timeout).await;
+                        draining = Some(tokio::time::Instant::now() + Duration::from_secs(2));
+                    }
                 }
             }
             shard.close(conn).await;
@@ -148,8 +195,15 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
         let item = out.recv().await;
         let killed = kill.load(Ordering::Relaxed);
         match item {
-            Some(ConnOut::Frame(msg)) if killed == 0 => {
-                let mut w = writer.lock().await;
+            Some(ConnOut::Frame(msg)) => {
+                if killed != 0 {
+                    // Being closed: skip queued frames and look for the close with its reason.
+                    continue;
+                }
+                if out_half.closed.load(Ordering::SeqCst) {
+                    break;
+                }
+                let mut w = out_half.writer.lock().await;
                 let frame = Frame::new(true, OpCode::Binary, None, Payload::Borrowed(&msg));
                 match tokio::time::timeout(write_timeout, w.write_frame(frame)).await {
                     Ok(Ok(())) => {}
@@ -157,13 +211,12 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
                 }
             }
             Some(ConnOut::Close(code, reason)) => {
-                send_close(&writer, code, &reason, write_timeout).await;
+                out_half.close(code, &reason, write_timeout).await;
                 break;
             }
-            _ => {
+            None => {
                 let code = if killed == 0 { 1001 } else { killed };
-                let reason = if code == 1008 { "slow consumer" } else { "closing" };
-                send_close(&writer, code, reason, write_timeout).await;
+                out_half.close(code, reason_for(code), write_timeout).await;
                 break;
             }
         }

@@ -112,6 +112,10 @@ struct DocState {
     stored_bytes: usize,
     since_snapshot: u64,
     idle_since: Option<Instant>,
+    /// Per Yjs client id, the clock just past the last struct accepted (applied or in flight). yrs
+    /// 0.28.1 can crash on a re-sent clock range with different content, and its own state vector does
+    /// not cover in-flight or pending structs, so the shard keeps this itself.
+    ends: HashMap<u64, u64>,
 }
 
 impl DocState {
@@ -130,6 +134,7 @@ impl DocState {
             stored_bytes: 0,
             since_snapshot: 0,
             idle_since: None,
+            ends: HashMap::new(),
         }
     }
 }
@@ -309,17 +314,49 @@ impl ShardCore {
         if summary.is_empty {
             return Ok(());
         }
+        let ranges = validate::update_client_ranges(update, &limits).map_err(ShardError::Invalid)?;
         // Decoding is safe now that the validator has bounded depth, lengths and UTF-8; a decode error
         // here is still refused rather than trusted.
-        Update::decode_v1(update).map_err(|_| ShardError::Invalid(validate::ValidationError::Malformed("update")))?;
+        let decoded = Update::decode_v1(update)
+            .map_err(|_| ShardError::Invalid(validate::ValidationError::Malformed("update")))?;
         let actor = c.actor.clone();
         let max = self.cfg.max_doc_bytes;
         let d = self.docs.get_mut(doc).ok_or(ShardError::LoadFailed)?;
         let Phase::Ready { epoch } = d.phase else {
             return Err(ShardError::LoadFailed);
         };
+        // Re-sent struct ranges: an honest client re-sends only what it already sent (same content),
+        // which is redundant; a hostile one re-sends different content, which crashes yrs. Either way
+        // the structs are dropped; a partly new range cannot be split here, so the client resyncs.
+        let mut covered = 0;
+        for r in &ranges {
+            let known = d.ends.get(&r.client).copied().unwrap_or(0);
+            if r.start < known {
+                if r.end > known {
+                    return Err(ShardError::Resync);
+                }
+                covered += 1;
+            }
+        }
+        let update: Vec<u8> = if covered == 0 {
+            update.to_vec()
+        } else if covered == ranges.len() && summary.delete_ranges > 0 {
+            // Keep only the delete set (an update with no structs, then the delete set).
+            use yrs::updates::encoder::Encode;
+            let mut u = vec![0u8];
+            u.extend_from_slice(&decoded.delete_set().encode_v1());
+            u
+        } else if covered == ranges.len() {
+            return Ok(());
+        } else {
+            return Err(ShardError::Resync);
+        };
         if d.stored_bytes + update.len() > max {
             return Err(ShardError::DocTooLarge);
+        }
+        for r in &ranges {
+            let e = d.ends.entry(r.client).or_insert(0);
+            *e = (*e).max(r.end);
         }
         d.stored_bytes += update.len();
         let seq = d.next;
@@ -327,14 +364,14 @@ impl ShardCore {
         d.inflight.push_back(Pending {
             seq,
             origin: conn,
-            update: update.to_vec(),
+            update: update.clone(),
         });
         self.out.push_back(Output::Append {
             doc: doc.clone(),
             epoch,
             seq,
             actor,
-            update: update.to_vec(),
+            update,
         });
         Ok(())
     }
@@ -404,26 +441,19 @@ impl ShardCore {
                 return;
             }
         };
-        {
-            let mut txn = d.ydoc.transact_mut();
-            let mut bytes = 0;
-            if let Some(s) = &loaded.snapshot {
-                if let Ok(u) = Update::decode_v1(&s.state) {
-                    let _ = txn.apply_update(u);
-                }
-                bytes += s.state.len();
+        let Some((ydoc, bytes)) = rebuild(doc, &loaded) else {
+            tracing::error!(%doc, "document state could not be rebuilt from the log");
+            let conns: Vec<ConnId> = d.conns.iter().copied().collect();
+            for c in conns {
+                self.close(now, c, &ShardError::LoadFailed);
             }
-            for e in &loaded.tail {
-                if let proto::EventPayload::DocumentUpdated(p) = &e.payload {
-                    // Stored updates were validated before they were appended.
-                    if let Ok(u) = Update::decode_v1(&p.update.0) {
-                        let _ = txn.apply_update(u);
-                    }
-                    bytes += p.update.0.len();
-                }
-            }
-            d.stored_bytes = bytes;
-        }
+            self.docs.remove(doc);
+            self.out.push_back(Output::Unloaded { doc: doc.clone() });
+            return;
+        };
+        d.ydoc = ydoc;
+        d.stored_bytes = bytes;
+        d.ends = d.ydoc.transact().state_vector().iter().map(|(c, k)| (c.get(), u64::from(*k))).collect();
         d.since_snapshot = loaded.tail.len() as u64;
         d.applied = loaded.last_seq();
         d.next = d.applied.next();
@@ -466,8 +496,11 @@ impl ShardCore {
             return;
         }
         let Some(p) = d.inflight.pop_front() else { return };
-        if let Ok(u) = Update::decode_v1(&p.update) {
-            let _ = d.ydoc.transact_mut().apply_update(u);
+        if !apply_guarded(&d.ydoc, &p.update) {
+            // yrs panicked: the in-memory document can no longer be trusted. Drop it; it reloads from
+            // the log (where a document that cannot be rebuilt fails to load instead of crashing).
+            self.fail_doc(now, doc, &ShardError::LoadFailed);
+            return;
         }
         d.applied = seq;
         d.since_snapshot += 1;
@@ -587,4 +620,51 @@ impl EncodeSv for StateVector {
         use yrs::updates::encoder::Encode;
         self.encode_v1()
     }
+}
+
+/// Builds a document from a snapshot and tail. An event on which yrs panics is skipped (and the
+/// document rebuilt without it) so that one poisoned event cannot make a document unloadable; a
+/// snapshot on which yrs panics makes the load fail.
+fn rebuild(doc: &DocId, loaded: &Loaded) -> Option<(Doc, usize)> {
+    let mut skip: Vec<Seq> = Vec::new();
+    loop {
+        let ydoc = Doc::with_client_id(0);
+        let mut bytes = 0;
+        if let Some(snap) = &loaded.snapshot {
+            if !apply_guarded(&ydoc, &snap.state) {
+                return None;
+            }
+            bytes += snap.state.len();
+        }
+        let mut poisoned = None;
+        for e in loaded.tail.iter().filter(|e| !skip.contains(&e.seq)) {
+            if let proto::EventPayload::DocumentUpdated(p) = &e.payload {
+                if !apply_guarded(&ydoc, &p.update.0) {
+                    poisoned = Some(e.seq);
+                    break;
+                }
+                bytes += p.update.0.len();
+            }
+        }
+        match poisoned {
+            None => return Some((ydoc, bytes)),
+            Some(seq) if skip.len() < 16 => {
+                tracing::error!(%doc, %seq, "skipping a stored update that makes yrs panic");
+                skip.push(seq);
+            }
+            Some(_) => return None,
+        }
+    }
+}
+
+/// Applies a stored or committed update, containing any panic inside yrs. Returns false on a panic.
+/// (Updates are validated before they are stored; this is the second line of defence.)
+fn apply_guarded(doc: &Doc, update: &[u8]) -> bool {
+    let Ok(u) = Update::decode_v1(update) else {
+        return true;
+    };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = doc.transact_mut().apply_update(u);
+    }))
+    .is_ok()
 }

@@ -25,6 +25,9 @@ pub enum ShardError {
     /// The document could not be loaded.
     #[error("document unavailable")]
     LoadFailed,
+    /// The update re-sent part of a range already accepted; the client must resync.
+    #[error("overlapping update, resync")]
+    Resync,
     /// The server is shutting down.
     #[error("server shutting down")]
     ShuttingDown,
@@ -39,6 +42,7 @@ impl ShardError {
             Self::DocTooLarge => 1009,
             Self::StoreUnavailable | Self::LoadFailed => 1011,
             Self::Fenced => 1012,
+            Self::Resync => 1013,
             Self::ShuttingDown => 1001,
         }
     }

@@ -451,3 +451,46 @@ fn empty_updates_are_not_persisted() {
     assert!(h.logs[&doc_id("d")].events.is_empty());
     assert!(!h.closed.contains_key(&a));
 }
+
+#[test]
+fn update_sequences_that_crash_yrs_do_not_crash_the_shard() {
+    // Two updates that each pass validation; the second re-sends clocks with different content,
+    // which segfaults yrs 0.28.1. The overlap guard must drop it before yrs sees it.
+    let mut h = Harness::new(CoreConfig::default());
+    let a = h.open(1, "d", true);
+    let [first, second] = hostile::yrs_resend_segfault_updates();
+    h.send(a, message::encode_update(&first));
+    h.send(a, message::encode_update(&second));
+    assert!(h.logs[&doc_id("d")].events.len() <= 1, "the re-sent range is not persisted");
+
+    // An update on which yrs panics (debug builds) is contained: the process lives on, the document
+    // is dropped and reloads without the poisoned event.
+    let b = h.open(2, "e", true);
+    h.send(b, message::encode_update(&hostile::yrs_surrogate_split_update()));
+    let c = h.open(3, "e", true);
+    let cc = Client::new(12);
+    h.take(c);
+    h.send(c, cc.insert(0, "still works"));
+    let cd = Client::new(13);
+    let d = h.open(4, "e", true);
+    h.take(d);
+    h.send(d, cd.sync_step1());
+    cd.receive(&h.take(d));
+    assert!(cd.text().contains("still works"), "{}", cd.text());
+}
+
+#[test]
+fn honest_resends_are_deduplicated_not_refused() {
+    let mut h = Harness::new(CoreConfig::default());
+    let a = h.open(1, "d", true);
+    let ca = Client::new(10);
+    let m = ca.insert(0, "once");
+    h.send(a, m.clone());
+    h.send(a, m);
+    assert!(!h.closed.contains_key(&a));
+    assert_eq!(h.logs[&doc_id("d")].events.len(), 1);
+    // A full-state sync step 2 that repeats known structs is not an error either.
+    let full = ca.doc.transact().encode_state_as_update_v1(&StateVector::default());
+    h.send(a, message::encode_sync_step2(&full));
+    assert!(!h.closed.contains_key(&a));
+}
