@@ -12,7 +12,9 @@
 
 use std::collections::BTreeMap;
 
-use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{
+    decode, decode_header, Algorithm, DecodingKey, EncodingKey, Header, Validation,
+};
 use proto::{DocId, UserId};
 use serde::{Deserialize, Serialize};
 
@@ -113,7 +115,10 @@ pub struct Authenticator {
 impl Authenticator {
     /// Builds the verifier; fails on an unusable public key.
     pub fn new(cfg: AuthConfig) -> anyhow::Result<Self> {
-        let hs256 = cfg.hs256_secret.as_ref().map(|s| DecodingKey::from_secret(s.as_bytes()));
+        let hs256 = cfg
+            .hs256_secret
+            .as_ref()
+            .map(|s| DecodingKey::from_secret(s.as_bytes()));
         let es256 = match &cfg.es256_public_key_pem {
             Some(pem) => Some(
                 DecodingKey::from_ec_pem(pem.as_bytes())
@@ -265,39 +270,73 @@ mod tests {
     #[test]
     fn grants_pick_the_highest_matching_access() {
         let a = hs();
-        let t = mint_hs256("s3cret", &claims(&[("*", Access::Read), ("notes-*", Access::Write)])).expect("mint");
-        assert_eq!(a.authorize(Some(&t), &doc("notes-1")).map(|p| p.access).ok(), Some(Access::Write));
-        assert_eq!(a.authorize(Some(&t), &doc("other")).map(|p| p.access).ok(), Some(Access::Read));
+        let t = mint_hs256(
+            "s3cret",
+            &claims(&[("*", Access::Read), ("notes-*", Access::Write)]),
+        )
+        .expect("mint");
+        assert_eq!(
+            a.authorize(Some(&t), &doc("notes-1"))
+                .map(|p| p.access)
+                .ok(),
+            Some(Access::Write)
+        );
+        assert_eq!(
+            a.authorize(Some(&t), &doc("other")).map(|p| p.access).ok(),
+            Some(Access::Read)
+        );
         let t = mint_hs256("s3cret", &claims(&[("notes-*", Access::Write)])).expect("mint");
-        assert!(matches!(a.authorize(Some(&t), &doc("other")), Err(GatewayError::Forbidden)));
+        assert!(matches!(
+            a.authorize(Some(&t), &doc("other")),
+            Err(GatewayError::Forbidden)
+        ));
     }
 
     #[test]
     fn bad_tokens_are_refused() {
         let a = hs();
         let mut c = claims(&[("*", Access::Write)]);
-        assert!(a.authorize(None, &doc("d")).is_err(), "anonymous not allowed");
+        assert!(
+            a.authorize(None, &doc("d")).is_err(),
+            "anonymous not allowed"
+        );
         let wrong_key = mint_hs256("other", &c).expect("mint");
         assert!(a.verify(&wrong_key).is_err());
         c.exp = now_secs() - 60;
-        assert!(a.verify(&mint_hs256("s3cret", &c).expect("mint")).is_err(), "expired");
+        assert!(
+            a.verify(&mint_hs256("s3cret", &c).expect("mint")).is_err(),
+            "expired"
+        );
         let mut c = claims(&[("*", Access::Write)]);
         c.nbf = now_secs() + 60;
-        assert!(a.verify(&mint_hs256("s3cret", &c).expect("mint")).is_err(), "not yet valid");
+        assert!(
+            a.verify(&mint_hs256("s3cret", &c).expect("mint")).is_err(),
+            "not yet valid"
+        );
         let mut c = claims(&[("*", Access::Write)]);
         c.aud = "someone-else".into();
-        assert!(a.verify(&mint_hs256("s3cret", &c).expect("mint")).is_err(), "audience");
+        assert!(
+            a.verify(&mint_hs256("s3cret", &c).expect("mint")).is_err(),
+            "audience"
+        );
         let mut c = claims(&[("*", Access::Write)]);
         c.iss = "mallory".into();
-        assert!(a.verify(&mint_hs256("s3cret", &c).expect("mint")).is_err(), "issuer");
+        assert!(
+            a.verify(&mint_hs256("s3cret", &c).expect("mint")).is_err(),
+            "issuer"
+        );
         assert!(a.verify("not.a.jwt").is_err());
     }
 
     #[test]
     fn es256_is_accepted_only_when_configured() {
         let key = EncodingKey::from_ec_pem(EC_PRIVATE.as_bytes()).expect("test key");
-        let t = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims(&[("*", Access::Read)]), &key)
-            .expect("sign");
+        let t = jsonwebtoken::encode(
+            &Header::new(Algorithm::ES256),
+            &claims(&[("*", Access::Read)]),
+            &key,
+        )
+        .expect("sign");
         assert!(hs().verify(&t).is_err(), "ES256 not configured");
         let a = Authenticator::new(AuthConfig {
             es256_public_key_pem: Some(EC_PUBLIC.into()),

@@ -34,7 +34,9 @@ fn close_code_for(e: &WebSocketError) -> Option<u16> {
     match e {
         WebSocketError::FrameTooLarge => Some(1009),
         WebSocketError::InvalidUTF8 => Some(1007),
-        WebSocketError::ConnectionClosed | WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) => None,
+        WebSocketError::ConnectionClosed
+        | WebSocketError::UnexpectedEOF
+        | WebSocketError::IoError(_) => None,
         // Already answered with 1002 by the obligated send.
         WebSocketError::InvalidCloseCode => None,
         _ => Some(1002),
@@ -54,7 +56,11 @@ impl Out {
             return;
         }
         let mut w = self.writer.lock().await;
-        let _ = tokio::time::timeout(timeout, w.write_frame(Frame::close(code, reason.as_bytes()))).await;
+        let _ = tokio::time::timeout(
+            timeout,
+            w.write_frame(Frame::close(code, reason.as_bytes())),
+        )
+        .await;
     }
 }
 
@@ -82,9 +88,16 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
     let writer: Writer = Arc::new(Mutex::new(writer));
     let (sink, mut out, kill) = ConnSink::new(gw.cfg.outbound_queue);
     gw.metrics.connections.inc();
-    if !shard.open(p.conn, p.doc.clone(), p.actor.clone(), p.can_write, sink).await {
+    if !shard
+        .open(p.conn, p.doc.clone(), p.actor.clone(), p.can_write, sink)
+        .await
+    {
         let mut w = writer.lock().await;
-        let _ = tokio::time::timeout(write_timeout, w.write_frame(Frame::close(1011, b"shard unavailable"))).await;
+        let _ = tokio::time::timeout(
+            write_timeout,
+            w.write_frame(Frame::close(1011, b"shard unavailable")),
+        )
+        .await;
         drop(w);
         gw.metrics.connections.dec();
         return;
@@ -120,17 +133,24 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
                 };
                 let read = match draining {
                     // Cancelling a read is fine here: the connection is being torn down.
-                    Some(until) => match tokio::time::timeout_at(until, reader.read_frame(&mut obligated)).await {
-                        Ok(r) => r,
-                        Err(_) => break,
-                    },
+                    Some(until) => {
+                        match tokio::time::timeout_at(until, reader.read_frame(&mut obligated))
+                            .await
+                        {
+                            Ok(r) => r,
+                            Err(_) => break,
+                        }
+                    }
                     None => reader.read_frame(&mut obligated).await,
                 };
                 let frame = match read {
                     Ok(f) => f,
                     Err(e) => {
                         if let (Some(code), None) = (close_code_for(&e), draining) {
-                            gw.metrics.closes.with_label_values(&[&code.to_string()]).inc();
+                            gw.metrics
+                                .closes
+                                .with_label_values(&[&code.to_string()])
+                                .inc();
                             out_half.close(code, reason_for(code), write_timeout).await;
                         }
                         break;
@@ -143,7 +163,10 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
                     continue;
                 }
                 let refuse = |code: u16| {
-                    gw.metrics.closes.with_label_values(&[&code.to_string()]).inc();
+                    gw.metrics
+                        .closes
+                        .with_label_values(&[&code.to_string()])
+                        .inc();
                     code
                 };
                 let message = match frame.opcode {
@@ -175,7 +198,9 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
                 match message {
                     Ok(m) => {
                         if !shard.message(conn, m).await {
-                            out_half.close(1011, "shard unavailable", write_timeout).await;
+                            out_half
+                                .close(1011, "shard unavailable", write_timeout)
+                                .await;
                             break;
                         }
                     }
@@ -223,7 +248,10 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
     }
     // Give the client a moment to answer our close frame, then tear the reader down.
     let abort = reader_task.abort_handle();
-    if tokio::time::timeout(Duration::from_secs(2), reader_task).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(2), reader_task)
+        .await
+        .is_err()
+    {
         abort.abort();
         shard.close(p.conn).await;
     }

@@ -73,11 +73,15 @@ impl Gateway {
         let path = req.uri().path().to_owned();
         match (req.method(), path.as_str()) {
             (&Method::GET, "/healthz") => text(200, "ok\n", "text/plain"),
-            (&Method::GET, "/metrics") => text(200, &self.metrics.render(), "text/plain; version=0.0.4"),
-            (_, p) if p.starts_with("/doc/") => match self.clone().upgrade_doc(&mut req, &p[5..]).await {
-                Ok(resp) => resp,
-                Err(e) => e.into_response(),
-            },
+            (&Method::GET, "/metrics") => {
+                text(200, &self.metrics.render(), "text/plain; version=0.0.4")
+            }
+            (_, p) if p.starts_with("/doc/") => {
+                match self.clone().upgrade_doc(&mut req, &p[5..]).await {
+                    Ok(resp) => resp,
+                    Err(e) => e.into_response(),
+                }
+            }
             _ => GatewayError::NotFound.into_response(),
         }
     }
@@ -97,8 +101,13 @@ impl Gateway {
         if self.closing.load(Ordering::SeqCst) {
             return Err(GatewayError::Unavailable);
         }
-        let shard = self.routes.shard_for(&doc).ok_or(GatewayError::Unavailable)?.clone();
-        let (mut response, fut) = fastwebsockets::upgrade::upgrade(req).map_err(|_| GatewayError::BadHandshake)?;
+        let shard = self
+            .routes
+            .shard_for(&doc)
+            .ok_or(GatewayError::Unavailable)?
+            .clone();
+        let (mut response, fut) =
+            fastwebsockets::upgrade::upgrade(req).map_err(|_| GatewayError::BadHandshake)?;
         if let Some(p) = protocol {
             if let Ok(v) = HeaderValue::from_str(&p) {
                 response.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, v);

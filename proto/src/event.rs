@@ -234,7 +234,10 @@ impl EventPayload {
     /// Inverse of [`EventPayload::to_stored`].
     pub fn from_stored(ty: EventType, version: u16, bytes: &[u8]) -> Result<Self, ProtoError> {
         if version != 1 {
-            return Err(ProtoError::UnknownEventType(format!("{} v{version}", ty.name())));
+            return Err(ProtoError::UnknownEventType(format!(
+                "{} v{version}",
+                ty.name()
+            )));
         }
         if ty == EventType::DocumentUpdated {
             return Ok(Self::DocumentUpdated(DocumentUpdatedV1 {
@@ -295,7 +298,11 @@ mod base64 {
     pub fn encode(data: &[u8]) -> String {
         let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
         for chunk in data.chunks(3) {
-            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
             let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
             for i in 0..4 {
                 if i <= chunk.len() {
@@ -310,7 +317,7 @@ mod base64 {
 
     pub fn decode(s: &str) -> Result<Vec<u8>, ()> {
         let s = s.as_bytes();
-        if s.len() % 4 != 0 {
+        if !s.len().is_multiple_of(4) {
             return Err(());
         }
         let val = |c: u8| ALPHABET.iter().position(|&a| a == c).map(|p| p as u32);

@@ -24,15 +24,30 @@ fn render<T: JsonSchema>() -> String {
 pub fn generate() -> BTreeMap<&'static str, String> {
     let mut m = BTreeMap::new();
     m.insert("event.schema.json", render::<Event>());
-    m.insert("document.updated.v1.schema.json", render::<DocumentUpdatedV1>());
+    m.insert(
+        "document.updated.v1.schema.json",
+        render::<DocumentUpdatedV1>(),
+    );
     m.insert("user.joined.v1.schema.json", render::<UserPresenceV1>());
     m.insert("user.left.v1.schema.json", render::<UserPresenceV1>());
-    m.insert("chat.message.sent.v1.schema.json", render::<ChatMessageSentV1>());
+    m.insert(
+        "chat.message.sent.v1.schema.json",
+        render::<ChatMessageSentV1>(),
+    );
     m.insert("typing.started.v1.schema.json", render::<TypingV1>());
     m.insert("typing.stopped.v1.schema.json", render::<TypingV1>());
-    m.insert("video.peer.signal.v1.schema.json", render::<VideoPeerSignalV1>());
-    m.insert("screen.share.started.v1.schema.json", render::<ScreenShareV1>());
-    m.insert("screen.share.stopped.v1.schema.json", render::<ScreenShareV1>());
+    m.insert(
+        "video.peer.signal.v1.schema.json",
+        render::<VideoPeerSignalV1>(),
+    );
+    m.insert(
+        "screen.share.started.v1.schema.json",
+        render::<ScreenShareV1>(),
+    );
+    m.insert(
+        "screen.share.stopped.v1.schema.json",
+        render::<ScreenShareV1>(),
+    );
     m
 }
 

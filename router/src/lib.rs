@@ -58,7 +58,10 @@ impl Ring {
 
     /// A ring where every shard has weight 1.
     pub fn uniform(version: u64, ids: impl IntoIterator<Item = ShardId>) -> Self {
-        Self::new(version, ids.into_iter().map(|id| Member { id, weight: 1.0 }))
+        Self::new(
+            version,
+            ids.into_iter().map(|id| Member { id, weight: 1.0 }),
+        )
     }
 
     /// The ring's version (bumped by membership changes).
@@ -103,7 +106,9 @@ mod tests {
         let mut counts: HashMap<&ShardId, usize> = HashMap::new();
         for k in 0..100_000 {
             let key = format!("doc:{k}");
-            *counts.entry(ring.owner(&key).expect("non-empty")).or_default() += 1;
+            *counts
+                .entry(ring.owner(&key).expect("non-empty"))
+                .or_default() += 1;
         }
         for (id, c) in counts {
             let dev = (c as f64 - 10_000.0) / 10_000.0;

@@ -32,10 +32,20 @@ impl Table {
     /// Applies one entry of an awareness update from `conn`; returns whether it changed anything.
     /// Follows y-protocols `applyAwarenessUpdate`: a newer clock wins; an equal clock wins only as a
     /// removal.
-    pub fn apply(&mut self, now: Instant, conn: ConnId, client: u64, clock: u64, json: &str) -> bool {
+    pub fn apply(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        client: u64,
+        clock: u64,
+        json: &str,
+    ) -> bool {
         let removal = json == "null";
         match self.states.get_mut(&client) {
-            Some(cur) if cur.clock > clock || (cur.clock == clock && !(removal && cur.json.is_some())) => {
+            Some(cur)
+                if cur.clock > clock
+                    || (cur.clock == clock && !(removal && cur.json.is_some())) =>
+            {
                 false
             }
             _ => {
@@ -84,7 +94,11 @@ impl Table {
 
     /// The earliest instant at which a live state was last renewed.
     pub fn oldest(&self) -> Option<Instant> {
-        self.states.values().filter(|s| s.json.is_some()).map(|s| s.updated).min()
+        self.states
+            .values()
+            .filter(|s| s.json.is_some())
+            .map(|s| s.updated)
+            .min()
     }
 
     /// Every live state as `(client, clock, json)`.

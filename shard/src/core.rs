@@ -226,7 +226,14 @@ impl ShardCore {
     }
 
     /// A connection opened on `doc`. `can_write` is false for read-only grants.
-    pub fn handle_open(&mut self, now: Instant, conn: ConnId, doc: DocId, actor: UserId, can_write: bool) {
+    pub fn handle_open(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        doc: DocId,
+        actor: UserId,
+        can_write: bool,
+    ) {
         if self.shutting_down {
             self.close(now, conn, &ShardError::ShuttingDown);
             return;
@@ -255,7 +262,8 @@ impl ShardCore {
         let Some(d) = self.docs.get(doc) else { return };
         let sv = d.ydoc.transact().state_vector().encode_v1_bytes();
         let live = d.awareness.live();
-        let aw = (!live.is_empty()).then(|| message::encode_awareness(&message::encode_awareness_update(&live)));
+        let aw = (!live.is_empty())
+            .then(|| message::encode_awareness(&message::encode_awareness_update(&live)));
         self.send(conn, message::encode_sync_step1(&sv));
         if let Some(aw) = aw {
             self.send(conn, aw);
@@ -264,9 +272,13 @@ impl ShardCore {
 
     /// A binary message arrived from a connection.
     pub fn handle_message(&mut self, now: Instant, conn: ConnId, bytes: Vec<u8>) {
-        let Some(c) = self.conns.get(&conn) else { return };
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
         let doc = c.doc.clone();
-        let Some(d) = self.docs.get_mut(&doc) else { return };
+        let Some(d) = self.docs.get_mut(&doc) else {
+            return;
+        };
         if let Phase::Loading { queued } = &mut d.phase {
             queued.push_back((conn, bytes));
             return;
@@ -276,18 +288,28 @@ impl ShardCore {
         }
     }
 
-    fn process(&mut self, now: Instant, conn: ConnId, doc: &DocId, bytes: &[u8]) -> Result<(), ShardError> {
+    fn process(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        doc: &DocId,
+        bytes: &[u8],
+    ) -> Result<(), ShardError> {
         let msg = Message::decode(bytes).map_err(ShardError::Malformed)?;
         match msg {
             Message::SyncStep1(sv) => {
-                validate::validate_state_vector(sv, &self.cfg.limits()).map_err(ShardError::Invalid)?;
-                let sv = StateVector::decode_v1(sv)
-                    .map_err(|_| ShardError::Invalid(validate::ValidationError::Malformed("state vector")))?;
+                validate::validate_state_vector(sv, &self.cfg.limits())
+                    .map_err(ShardError::Invalid)?;
+                let sv = StateVector::decode_v1(sv).map_err(|_| {
+                    ShardError::Invalid(validate::ValidationError::Malformed("state vector"))
+                })?;
                 let d = self.docs.get(doc).ok_or(ShardError::LoadFailed)?;
                 let diff = d.ydoc.transact().encode_diff_v1(&sv);
                 self.send(conn, message::encode_sync_step2(&diff));
             }
-            Message::SyncStep2(update) | Message::Update(update) => self.client_update(conn, doc, update)?,
+            Message::SyncStep2(update) | Message::Update(update) => {
+                self.client_update(conn, doc, update)?
+            }
             Message::Awareness(update) => self.client_awareness(now, conn, doc, update)?,
             Message::QueryAwareness => {
                 let d = self.docs.get(doc).ok_or(ShardError::LoadFailed)?;
@@ -301,7 +323,12 @@ impl ShardCore {
         Ok(())
     }
 
-    fn client_update(&mut self, conn: ConnId, doc: &DocId, update: &[u8]) -> Result<(), ShardError> {
+    fn client_update(
+        &mut self,
+        conn: ConnId,
+        doc: &DocId,
+        update: &[u8],
+    ) -> Result<(), ShardError> {
         let limits = self.cfg.limits();
         let summary = validate::validate_update_v1(update, &limits).map_err(ShardError::Invalid)?;
         let c = self.conns.get(&conn).ok_or(ShardError::LoadFailed)?;
@@ -314,7 +341,8 @@ impl ShardCore {
         if summary.is_empty {
             return Ok(());
         }
-        let ranges = validate::update_client_ranges(update, &limits).map_err(ShardError::Invalid)?;
+        let ranges =
+            validate::update_client_ranges(update, &limits).map_err(ShardError::Invalid)?;
         // Decoding is safe now that the validator has bounded depth, lengths and UTF-8; a decode error
         // here is still refused rather than trusted.
         let decoded = Update::decode_v1(update)
@@ -376,13 +404,22 @@ impl ShardCore {
         Ok(())
     }
 
-    fn client_awareness(&mut self, now: Instant, conn: ConnId, doc: &DocId, raw: &[u8]) -> Result<(), ShardError> {
-        validate::validate_awareness_update(raw, self.cfg.max_awareness_bytes).map_err(ShardError::Invalid)?;
+    fn client_awareness(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        doc: &DocId,
+        raw: &[u8],
+    ) -> Result<(), ShardError> {
+        validate::validate_awareness_update(raw, self.cfg.max_awareness_bytes)
+            .map_err(ShardError::Invalid)?;
         let entries = message::decode_awareness_update(raw).map_err(ShardError::Malformed)?;
         let d = self.docs.get_mut(doc).ok_or(ShardError::LoadFailed)?;
         let mut changed = false;
         for e in &entries {
-            changed |= d.awareness.apply(now, conn, e.client_id, e.clock, e.state_json);
+            changed |= d
+                .awareness
+                .apply(now, conn, e.client_id, e.clock, e.state_json);
         }
         if changed {
             // Relayed as received, to every connection of the document (y-websocket server behaviour).
@@ -402,15 +439,20 @@ impl ShardCore {
 
     /// Removes a connection, telling the others that its awareness states are gone.
     fn forget(&mut self, now: Instant, conn: ConnId) {
-        let Some(c) = self.conns.remove(&conn) else { return };
-        let Some(d) = self.docs.get_mut(&c.doc) else { return };
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        let Some(d) = self.docs.get_mut(&c.doc) else {
+            return;
+        };
         d.conns.remove(&conn);
         if let Phase::Loading { queued } = &mut d.phase {
             queued.retain(|(q, _)| *q != conn);
         }
         let gone = d.awareness.remove_conn(conn);
         if !gone.is_empty() {
-            let entries: Vec<(u64, u64, &str)> = gone.iter().map(|(c, k)| (*c, *k, "null")).collect();
+            let entries: Vec<(u64, u64, &str)> =
+                gone.iter().map(|(c, k)| (*c, *k, "null")).collect();
             let msg = message::encode_awareness(&message::encode_awareness_update(&entries));
             self.broadcast(&c.doc, None, msg);
         }
@@ -427,8 +469,15 @@ impl ShardCore {
     }
 
     /// The store answered a `Load`: the new epoch and the snapshot + tail, or an error.
-    pub fn handle_loaded(&mut self, now: Instant, doc: &DocId, result: Result<(Epoch, Loaded), StoreError>) {
-        let Some(d) = self.docs.get_mut(doc) else { return };
+    pub fn handle_loaded(
+        &mut self,
+        now: Instant,
+        doc: &DocId,
+        result: Result<(Epoch, Loaded), StoreError>,
+    ) {
+        let Some(d) = self.docs.get_mut(doc) else {
+            return;
+        };
         let (epoch, loaded) = match result {
             Ok(v) => v,
             Err(_) => {
@@ -453,7 +502,13 @@ impl ShardCore {
         };
         d.ydoc = ydoc;
         d.stored_bytes = bytes;
-        d.ends = d.ydoc.transact().state_vector().iter().map(|(c, k)| (c.get(), u64::from(*k))).collect();
+        d.ends = d
+            .ydoc
+            .transact()
+            .state_vector()
+            .iter()
+            .map(|(c, k)| (c.get(), u64::from(*k)))
+            .collect();
         d.since_snapshot = loaded.tail.len() as u64;
         d.applied = loaded.last_seq();
         d.next = d.applied.next();
@@ -478,8 +533,16 @@ impl ShardCore {
     }
 
     /// The store answered an `Append`.
-    pub fn handle_appended(&mut self, now: Instant, doc: &DocId, seq: Seq, result: Result<(), StoreError>) {
-        let Some(d) = self.docs.get_mut(doc) else { return };
+    pub fn handle_appended(
+        &mut self,
+        now: Instant,
+        doc: &DocId,
+        seq: Seq,
+        result: Result<(), StoreError>,
+    ) {
+        let Some(d) = self.docs.get_mut(doc) else {
+            return;
+        };
         // Answers for an older incarnation of the document (after a failure and reload) are ignored.
         if d.inflight.front().map(|p| p.seq) != Some(seq) {
             return;
@@ -495,7 +558,9 @@ impl ShardCore {
             self.fail_doc(now, doc, &why);
             return;
         }
-        let Some(p) = d.inflight.pop_front() else { return };
+        let Some(p) = d.inflight.pop_front() else {
+            return;
+        };
         if !apply_guarded(&d.ydoc, &p.update) {
             // yrs panicked: the in-memory document can no longer be trusted. Drop it; it reloads from
             // the log (where a document that cannot be rebuilt fails to load instead of crashing).
@@ -513,12 +578,19 @@ impl ShardCore {
     }
 
     fn snapshot(&mut self, doc: &DocId) {
-        let Some(d) = self.docs.get_mut(doc) else { return };
-        let Phase::Ready { epoch } = d.phase else { return };
+        let Some(d) = self.docs.get_mut(doc) else {
+            return;
+        };
+        let Phase::Ready { epoch } = d.phase else {
+            return;
+        };
         if d.since_snapshot == 0 {
             return;
         }
-        let state = d.ydoc.transact().encode_state_as_update_v1(&StateVector::default());
+        let state = d
+            .ydoc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
         d.stored_bytes = state.len();
         d.since_snapshot = 0;
         self.out.push_back(Output::Snapshot {
@@ -532,7 +604,12 @@ impl ShardCore {
     }
 
     /// The store answered a `Snapshot`. A failed snapshot loses nothing (the events are in the log).
-    pub fn handle_snapshot_written(&mut self, _now: Instant, doc: &DocId, result: Result<(), StoreError>) {
+    pub fn handle_snapshot_written(
+        &mut self,
+        _now: Instant,
+        doc: &DocId,
+        result: Result<(), StoreError>,
+    ) {
         if let (Err(e), Some(d)) = (result, self.docs.get_mut(doc)) {
             if !e.is_fenced() {
                 // Try again at the next threshold.
@@ -542,7 +619,9 @@ impl ShardCore {
     }
 
     fn fail_doc(&mut self, _now: Instant, doc: &DocId, why: &ShardError) {
-        let Some(d) = self.docs.remove(doc) else { return };
+        let Some(d) = self.docs.remove(doc) else {
+            return;
+        };
         for c in d.conns {
             self.conns.remove(&c);
             self.out.push_back(Output::Close {
@@ -567,12 +646,17 @@ impl ShardCore {
                 }
             }
             let quiet = d.inflight.is_empty() && matches!(d.phase, Phase::Ready { .. });
-            if quiet && d.conns.is_empty() && d.idle_since.is_some_and(|t| now >= t + self.cfg.idle_unload) {
+            if quiet
+                && d.conns.is_empty()
+                && d.idle_since
+                    .is_some_and(|t| now >= t + self.cfg.idle_unload)
+            {
                 idle.push(id.clone());
             }
         }
         for (doc, gone) in expired {
-            let entries: Vec<(u64, u64, &str)> = gone.iter().map(|(c, k)| (*c, *k, "null")).collect();
+            let entries: Vec<(u64, u64, &str)> =
+                gone.iter().map(|(c, k)| (*c, *k, "null")).collect();
             let msg = message::encode_awareness(&message::encode_awareness_update(&entries));
             self.broadcast(&doc, None, msg);
         }

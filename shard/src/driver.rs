@@ -94,7 +94,14 @@ impl ShardHandle {
     }
 
     /// Attaches a connection to `doc`.
-    pub async fn open(&self, conn: ConnId, doc: DocId, actor: UserId, can_write: bool, sink: ConnSink) -> bool {
+    pub async fn open(
+        &self,
+        conn: ConnId,
+        doc: DocId,
+        actor: UserId,
+        can_write: bool,
+        sink: ConnSink,
+    ) -> bool {
         self.tx
             .send(Cmd::Open {
                 conn,
@@ -128,10 +135,20 @@ impl ShardHandle {
 }
 
 /// Starts a shard on the current tokio runtime.
-pub fn spawn(id: ShardId, cfg: CoreConfig, store: Arc<dyn EventLog>, metrics: Metrics) -> ShardHandle {
+pub fn spawn(
+    id: ShardId,
+    cfg: CoreConfig,
+    store: Arc<dyn EventLog>,
+    metrics: Metrics,
+) -> ShardHandle {
     let (tx, rx) = mpsc::channel(8192);
     let (append_tx, append_rx) = mpsc::unbounded_channel();
-    tokio::spawn(appender(store.clone(), append_rx, tx.clone(), metrics.clone()));
+    tokio::spawn(appender(
+        store.clone(),
+        append_rx,
+        tx.clone(),
+        metrics.clone(),
+    ));
     let driver = Driver {
         id: id.clone(),
         core: ShardCore::new(cfg),
@@ -166,7 +183,9 @@ async fn appender(
             items.into_iter().map(|(d, s, r)| ((d, s), r)).unzip();
         metrics.append_batch_events.observe(reqs.len() as f64);
         let results = store.append(reqs).await;
-        metrics.append_seconds.observe(started.elapsed().as_secs_f64());
+        metrics
+            .append_seconds
+            .observe(started.elapsed().as_secs_f64());
         let results = keys
             .into_iter()
             .zip(results)
@@ -250,7 +269,9 @@ impl Driver {
                     }
                     let t = std::time::Instant::now();
                     self.core.handle_appended(now, &doc, seq, result);
-                    self.metrics.apply_seconds.observe(t.elapsed().as_secs_f64());
+                    self.metrics
+                        .apply_seconds
+                        .observe(t.elapsed().as_secs_f64());
                 }
             }
             Cmd::SnapshotDone { doc, result } => {
@@ -270,7 +291,9 @@ impl Driver {
         while let Some(out) = self.core.poll_output() {
             match out {
                 Output::Send { conn, msg } => {
-                    let Some(sink) = self.sinks.get(&conn) else { continue };
+                    let Some(sink) = self.sinks.get(&conn) else {
+                        continue;
+                    };
                     if sink.tx.try_send(ConnOut::Frame(msg)).is_err() {
                         // Slow consumer (or already gone): close it; the client reconnects and resyncs.
                         sink.kill_code.store(1008, Ordering::Relaxed);
@@ -283,7 +306,10 @@ impl Driver {
                     if let Some(sink) = self.sinks.remove(&conn) {
                         sink.kill_code.store(code, Ordering::Relaxed);
                         let _ = sink.tx.try_send(ConnOut::Close(code, reason));
-                        self.metrics.closes.with_label_values(&[&code.to_string()]).inc();
+                        self.metrics
+                            .closes
+                            .with_label_values(&[&code.to_string()])
+                            .inc();
                     }
                 }
                 Output::Load { doc } => {
@@ -315,7 +341,9 @@ impl Driver {
                         actor,
                         ts: wall_ms(),
                         trace: None,
-                        payload: EventPayload::DocumentUpdated(DocumentUpdatedV1 { update: Bytes(update) }),
+                        payload: EventPayload::DocumentUpdated(DocumentUpdatedV1 {
+                            update: Bytes(update),
+                        }),
                     };
                     let req = AppendRequest {
                         stream: StreamId::Doc(doc.clone()),
@@ -325,11 +353,17 @@ impl Driver {
                     };
                     self.batch.push((doc, seq, req));
                 }
-                Output::Snapshot { doc, epoch, snapshot } => {
+                Output::Snapshot {
+                    doc,
+                    epoch,
+                    snapshot,
+                } => {
                     let store = self.store.clone();
                     let back = self.self_tx.clone();
                     tokio::spawn(async move {
-                        let result = store.write_snapshot(&StreamId::Doc(doc.clone()), epoch, snapshot).await;
+                        let result = store
+                            .write_snapshot(&StreamId::Doc(doc.clone()), epoch, snapshot)
+                            .await;
                         let _ = back.send(Cmd::SnapshotDone { doc, result }).await;
                     });
                 }
@@ -347,8 +381,15 @@ impl Driver {
         self.core.handle_shutdown_flush(Instant::now().into_std());
         while let Some(out) = self.core.poll_output() {
             match out {
-                Output::Snapshot { doc, epoch, snapshot } => {
-                    let r = self.store.write_snapshot(&StreamId::Doc(doc.clone()), epoch, snapshot).await;
+                Output::Snapshot {
+                    doc,
+                    epoch,
+                    snapshot,
+                } => {
+                    let r = self
+                        .store
+                        .write_snapshot(&StreamId::Doc(doc.clone()), epoch, snapshot)
+                        .await;
                     if let Err(e) = r {
                         tracing::warn!(shard = %self.id, %doc, error = %e, "final snapshot not written (events are kept)");
                     }

@@ -1,7 +1,7 @@
 //! Errors of the shard: why a client's message was refused.
 
-use proto::yjs::validate::ValidationError;
 use proto::yjs::lib0::WireError;
+use proto::yjs::validate::ValidationError;
 use thiserror::Error;
 
 /// Why the shard refused a client's input; each maps to one WebSocket close code.

@@ -27,33 +27,46 @@ impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let connections = IntGauge::new("tandem_connections", "Open WebSocket connections").expect("valid metric");
-        let documents_loaded =
-            IntGauge::new("tandem_documents_loaded", "Documents held in memory").expect("valid metric");
-        let updates_applied =
-            IntCounter::new("tandem_updates_applied_total", "Document updates committed and applied")
-                .expect("valid metric");
+        let connections = IntGauge::new("tandem_connections", "Open WebSocket connections")
+            .expect("valid metric");
+        let documents_loaded = IntGauge::new("tandem_documents_loaded", "Documents held in memory")
+            .expect("valid metric");
+        let updates_applied = IntCounter::new(
+            "tandem_updates_applied_total",
+            "Document updates committed and applied",
+        )
+        .expect("valid metric");
         let buckets = vec![
-            0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-            0.25, 0.5, 1.0,
+            0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+            0.05, 0.1, 0.25, 0.5, 1.0,
         ];
         let apply_seconds = Histogram::with_opts(
-            HistogramOpts::new("tandem_apply_seconds", "Time to apply a committed update and queue its broadcast")
-                .buckets(buckets.clone()),
+            HistogramOpts::new(
+                "tandem_apply_seconds",
+                "Time to apply a committed update and queue its broadcast",
+            )
+            .buckets(buckets.clone()),
         )
         .expect("valid metric");
         let append_seconds = Histogram::with_opts(
-            HistogramOpts::new("tandem_append_seconds", "Time from append request to durable commit")
-                .buckets(buckets),
+            HistogramOpts::new(
+                "tandem_append_seconds",
+                "Time from append request to durable commit",
+            )
+            .buckets(buckets),
         )
         .expect("valid metric");
         let append_batch_events = Histogram::with_opts(
-            HistogramOpts::new("tandem_append_batch_events", "Events per group commit")
-                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
+            HistogramOpts::new("tandem_append_batch_events", "Events per group commit").buckets(
+                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+            ),
         )
         .expect("valid metric");
         let closes = IntCounterVec::new(
-            Opts::new("tandem_server_closes_total", "Connections closed by the server, by close code"),
+            Opts::new(
+                "tandem_server_closes_total",
+                "Connections closed by the server, by close code",
+            ),
             &["code"],
         )
         .expect("valid metric");

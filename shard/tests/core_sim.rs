@@ -59,7 +59,9 @@ impl Harness {
             while let Some(out) = self.core.poll_output() {
                 progressed = true;
                 match out {
-                    Output::Send { conn, msg } => self.inbox.entry(conn).or_default().push(msg.to_vec()),
+                    Output::Send { conn, msg } => {
+                        self.inbox.entry(conn).or_default().push(msg.to_vec())
+                    }
                     Output::Close { conn, code, .. } => {
                         self.closed.insert(conn, code);
                     }
@@ -71,7 +73,11 @@ impl Harness {
                         actor,
                         update,
                     } => self.pending_appends.push((doc, epoch, seq, actor, update)),
-                    Output::Snapshot { doc, epoch, snapshot } => {
+                    Output::Snapshot {
+                        doc,
+                        epoch,
+                        snapshot,
+                    } => {
                         let log = self.logs.entry(doc.clone()).or_default();
                         let r = if log.epoch == epoch.0 {
                             log.snapshot = Some(snapshot);
@@ -95,7 +101,12 @@ impl Harness {
                 let after = log.snapshot.as_ref().map(|s| s.seq).unwrap_or_default();
                 let loaded = Loaded {
                     snapshot: log.snapshot.clone(),
-                    tail: log.events.iter().filter(|e| e.seq > after).cloned().collect(),
+                    tail: log
+                        .events
+                        .iter()
+                        .filter(|e| e.seq > after)
+                        .cloned()
+                        .collect(),
                 };
                 let epoch = Epoch(log.epoch);
                 self.core.handle_loaded(self.now, &doc, Ok((epoch, loaded)));
@@ -127,14 +138,21 @@ impl Harness {
             actor,
             ts: 0,
             trace: None,
-            payload: EventPayload::DocumentUpdated(DocumentUpdatedV1 { update: Bytes(update) }),
+            payload: EventPayload::DocumentUpdated(DocumentUpdatedV1 {
+                update: Bytes(update),
+            }),
         });
     }
 
     fn open(&mut self, conn: u64, doc: &str, can_write: bool) -> ConnId {
         let c = ConnId(conn);
-        self.core
-            .handle_open(self.now, c, doc_id(doc), UserId::parse("ada").expect("valid"), can_write);
+        self.core.handle_open(
+            self.now,
+            c,
+            doc_id(doc),
+            UserId::parse("ada").expect("valid"),
+            can_write,
+        );
         self.step();
         c
     }
@@ -228,7 +246,11 @@ fn sync_handshake_and_broadcast_after_commit() {
     let mut h = Harness::new(CoreConfig::default());
     let a = h.open(1, "d", true);
     let b = h.open(2, "d", true);
-    assert_eq!(kinds(&h.take(a)), ["step1"], "server greets with its state vector");
+    assert_eq!(
+        kinds(&h.take(a)),
+        ["step1"],
+        "server greets with its state vector"
+    );
     assert_eq!(kinds(&h.take(b)), ["step1"]);
 
     let ca = Client::new(10);
@@ -236,7 +258,10 @@ fn sync_handshake_and_broadcast_after_commit() {
     h.auto_commit = false;
     h.send(a, ca.insert(0, "hello"));
     assert_eq!(h.pending_appends.len(), 1, "the update goes to the store");
-    assert!(h.take(b).is_empty(), "nothing is broadcast before the commit");
+    assert!(
+        h.take(b).is_empty(),
+        "nothing is broadcast before the commit"
+    );
     // A newcomer syncing now does not see the uncommitted update either.
     let c = h.open(3, "d", true);
     let cc = Client::new(12);
@@ -251,7 +276,10 @@ fn sync_handshake_and_broadcast_after_commit() {
     assert_eq!(kinds(&to_b), ["update"]);
     cb.receive(&to_b);
     assert_eq!(cb.text(), "hello");
-    assert!(h.take(a).is_empty(), "the sender does not get its own update back");
+    assert!(
+        h.take(a).is_empty(),
+        "the sender does not get its own update back"
+    );
 
     // Sync step 1 from a fresh client returns the committed state as step 2.
     let cd = Client::new(13);
@@ -275,10 +303,17 @@ fn failed_append_shows_nothing_and_closes_the_document() {
     h.auto_commit = false;
     h.send(a, Client::new(10).insert(0, "lost?"));
     let (doc, _, seq, _, _) = h.pending_appends.pop().expect("one append");
-    h.core
-        .handle_appended(h.now, &doc, seq, Err(StoreError::Unavailable("disk".into())));
+    h.core.handle_appended(
+        h.now,
+        &doc,
+        seq,
+        Err(StoreError::Unavailable("disk".into())),
+    );
     h.step();
-    assert!(h.take(b).is_empty(), "an uncommitted update is never broadcast");
+    assert!(
+        h.take(b).is_empty(),
+        "an uncommitted update is never broadcast"
+    );
     assert_eq!(h.closed.get(&a), Some(&1011));
     assert_eq!(h.closed.get(&b), Some(&1011));
     assert!(!h.core.is_loaded(&doc));
@@ -288,10 +323,16 @@ fn failed_append_shows_nothing_and_closes_the_document() {
 fn messages_sent_while_loading_are_processed_after_load() {
     let mut h = Harness::new(CoreConfig::default());
     let c = ConnId(1);
-    h.core
-        .handle_open(h.now, c, doc_id("d"), UserId::parse("ada").expect("valid"), true);
+    h.core.handle_open(
+        h.now,
+        c,
+        doc_id("d"),
+        UserId::parse("ada").expect("valid"),
+        true,
+    );
     // Do not step: the load is outstanding while the client already sends.
-    h.core.handle_message(h.now, c, Client::new(10).insert(0, "early"));
+    h.core
+        .handle_message(h.now, c, Client::new(10).insert(0, "early"));
     h.step();
     assert_eq!(h.logs[&doc_id("d")].events.len(), 1);
 }
@@ -307,7 +348,10 @@ fn read_only_updates_are_refused() {
     assert_eq!(kinds(&h.take(r)), ["denied"]);
     assert!(h.take(w).is_empty());
     assert!(h.logs[&doc_id("d")].events.is_empty(), "nothing persisted");
-    assert!(!h.closed.contains_key(&r), "a read-only client stays connected");
+    assert!(
+        !h.closed.contains_key(&r),
+        "a read-only client stays connected"
+    );
 }
 
 #[test]
@@ -323,7 +367,10 @@ fn hostile_updates_are_refused_before_yrs_sees_them() {
     }
     // The 10,000-deep array that aborts yrs 0.28.1 specifically.
     let c = h.open(99, "d", true);
-    h.send(c, message::encode_update(&hostile::nested_any_array_update(10_000)));
+    h.send(
+        c,
+        message::encode_update(&hostile::nested_any_array_update(10_000)),
+    );
     assert_eq!(h.closed.get(&c), Some(&1007));
     assert!(h.logs[&doc_id("d")].events.is_empty(), "nothing persisted");
     // Malformed framing is a protocol error.
@@ -372,10 +419,16 @@ fn awareness_reaches_peers_and_is_removed_on_close() {
     h.take(a);
     h.take(b);
     h.send(a, awareness_msg(10, 1, r#"{"user":"ada"}"#));
-    assert_eq!(awareness_entries(&h.take(b)), [(10, r#"{"user":"ada"}"#.to_owned())]);
+    assert_eq!(
+        awareness_entries(&h.take(b)),
+        [(10, r#"{"user":"ada"}"#.to_owned())]
+    );
     // A late joiner is greeted with the current states.
     let c = h.open(3, "d", true);
-    assert_eq!(awareness_entries(&h.take(c)), [(10, r#"{"user":"ada"}"#.to_owned())]);
+    assert_eq!(
+        awareness_entries(&h.take(c)),
+        [(10, r#"{"user":"ada"}"#.to_owned())]
+    );
     h.core.handle_close(h.now, a);
     h.step();
     assert_eq!(awareness_entries(&h.take(b)), [(10, "null".to_owned())]);
@@ -389,7 +442,10 @@ fn awareness_expires_without_renewal() {
     h.send(a, awareness_msg(10, 1, r#"{"n":1}"#));
     h.take(b);
     h.advance(Duration::from_secs(20));
-    assert!(awareness_entries(&h.take(b)).is_empty(), "still fresh at 20 s");
+    assert!(
+        awareness_entries(&h.take(b)).is_empty(),
+        "still fresh at 20 s"
+    );
     h.send(a, awareness_msg(10, 2, r#"{"n":2}"#));
     h.take(b);
     h.advance(Duration::from_secs(29));
@@ -423,14 +479,21 @@ fn idle_documents_unload_with_a_snapshot_and_reload_equal() {
     assert!(h.core.is_loaded(&doc_id("d")), "not yet idle long enough");
     h.advance(Duration::from_secs(2));
     assert!(!h.core.is_loaded(&doc_id("d")), "unloaded after 30 s idle");
-    assert_eq!(h.logs[&doc_id("d")].snapshot.as_ref().map(|s| s.seq), Some(Seq(5)));
+    assert_eq!(
+        h.logs[&doc_id("d")].snapshot.as_ref().map(|s| s.seq),
+        Some(Seq(5))
+    );
 
     // Reload on demand: the state equals what was there, and seqs continue gap-free.
     let b = h.open(2, "d", true);
     let after = h.core.encode_state(&doc_id("d")).expect("reloaded");
     let (d1, d2) = (Doc::new(), Doc::new());
-    d1.transact_mut().apply_update(Update::decode_v1(&before).expect("valid")).expect("applies");
-    d2.transact_mut().apply_update(Update::decode_v1(&after).expect("valid")).expect("applies");
+    d1.transact_mut()
+        .apply_update(Update::decode_v1(&before).expect("valid"))
+        .expect("applies");
+    d2.transact_mut()
+        .apply_update(Update::decode_v1(&after).expect("valid"))
+        .expect("applies");
     assert_eq!(d1.transact().state_vector(), d2.transact().state_vector());
     let cb = Client::new(11);
     h.take(b);
@@ -438,7 +501,10 @@ fn idle_documents_unload_with_a_snapshot_and_reload_equal() {
     cb.receive(&h.take(b));
     assert_eq!(cb.text(), "zzzzz");
     h.send(b, cb.insert(0, "!"));
-    assert_eq!(h.logs[&doc_id("d")].events.last().map(|e| e.seq), Some(Seq(6)));
+    assert_eq!(
+        h.logs[&doc_id("d")].events.last().map(|e| e.seq),
+        Some(Seq(6))
+    );
     assert_eq!(h.logs[&doc_id("d")].epoch, 2, "the reload took a new epoch");
 }
 
@@ -446,7 +512,9 @@ fn idle_documents_unload_with_a_snapshot_and_reload_equal() {
 fn empty_updates_are_not_persisted() {
     let mut h = Harness::new(CoreConfig::default());
     let a = h.open(1, "d", true);
-    let empty = Doc::new().transact().encode_diff_v1(&StateVector::default());
+    let empty = Doc::new()
+        .transact()
+        .encode_diff_v1(&StateVector::default());
     h.send(a, message::encode_sync_step2(&empty));
     assert!(h.logs[&doc_id("d")].events.is_empty());
     assert!(!h.closed.contains_key(&a));
@@ -461,12 +529,18 @@ fn update_sequences_that_crash_yrs_do_not_crash_the_shard() {
     let [first, second] = hostile::yrs_resend_segfault_updates();
     h.send(a, message::encode_update(&first));
     h.send(a, message::encode_update(&second));
-    assert!(h.logs[&doc_id("d")].events.len() <= 1, "the re-sent range is not persisted");
+    assert!(
+        h.logs[&doc_id("d")].events.len() <= 1,
+        "the re-sent range is not persisted"
+    );
 
     // An update on which yrs panics (debug builds) is contained: the process lives on, the document
     // is dropped and reloads without the poisoned event.
     let b = h.open(2, "e", true);
-    h.send(b, message::encode_update(&hostile::yrs_surrogate_split_update()));
+    h.send(
+        b,
+        message::encode_update(&hostile::yrs_surrogate_split_update()),
+    );
     let c = h.open(3, "e", true);
     let cc = Client::new(12);
     h.take(c);
@@ -490,7 +564,10 @@ fn honest_resends_are_deduplicated_not_refused() {
     assert!(!h.closed.contains_key(&a));
     assert_eq!(h.logs[&doc_id("d")].events.len(), 1);
     // A full-state sync step 2 that repeats known structs is not an error either.
-    let full = ca.doc.transact().encode_state_as_update_v1(&StateVector::default());
+    let full = ca
+        .doc
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
     h.send(a, message::encode_sync_step2(&full));
     assert!(!h.closed.contains_key(&a));
 }

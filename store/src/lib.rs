@@ -82,7 +82,12 @@ pub trait EventLog: Send + Sync + 'static {
     async fn load(&self, stream: &StreamId) -> Result<Loaded, StoreError>;
 
     /// Reads events with `seq > after`, at most `limit`, in seq order.
-    async fn read(&self, stream: &StreamId, after: Seq, limit: usize) -> Result<Vec<Event>, StoreError>;
+    async fn read(
+        &self,
+        stream: &StreamId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError>;
 
     /// Stores a snapshot folding every event up to and including `seq`. Refused under a stale epoch.
     async fn write_snapshot(

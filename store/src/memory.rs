@@ -32,7 +32,9 @@ impl MemoryLog {
         Self::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (HashMap<StreamId, Stream>, HashSet<uuid_key::Key>)> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, (HashMap<StreamId, Stream>, HashSet<uuid_key::Key>)> {
         // A panic while holding the lock only happens in a failing test; keep going with the data.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -111,7 +113,12 @@ impl EventLog for MemoryLog {
         })
     }
 
-    async fn read(&self, stream: &StreamId, after: Seq, limit: usize) -> Result<Vec<Event>, StoreError> {
+    async fn read(
+        &self,
+        stream: &StreamId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
         let g = self.lock();
         Ok(g.0
             .get(stream)

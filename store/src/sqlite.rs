@@ -78,7 +78,10 @@ impl SqliteLog {
             .connect_with(opts)
             .await
             .map_err(unavailable)?;
-        sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(unavailable)?;
+        sqlx::raw_sql(SCHEMA)
+            .execute(&pool)
+            .await
+            .map_err(unavailable)?;
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(writer_loop(pool.clone(), rx));
         Ok(Self { pool, writer: tx })
@@ -119,7 +122,10 @@ async fn commit(
     pool: &SqlitePool,
     reqs: &[&AppendRequest],
 ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(unavailable)?;
+    let mut tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(unavailable)?;
     let mut out = Vec::with_capacity(reqs.len());
     for req in reqs {
         let stream = req.stream.to_string();
@@ -154,7 +160,10 @@ async fn commit(
             }));
             continue;
         }
-        sqlx::query("SAVEPOINT req").execute(&mut *tx).await.map_err(unavailable)?;
+        sqlx::query("SAVEPOINT req")
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
         let mut failed = None;
         for (i, e) in req.events.iter().enumerate() {
             let ty = e.payload.event_type();
@@ -184,12 +193,21 @@ async fn commit(
         }
         match failed {
             None => {
-                sqlx::query("RELEASE req").execute(&mut *tx).await.map_err(unavailable)?;
+                sqlx::query("RELEASE req")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
                 out.push(Ok(()));
             }
             Some(err) => {
-                sqlx::query("ROLLBACK TO req").execute(&mut *tx).await.map_err(unavailable)?;
-                sqlx::query("RELEASE req").execute(&mut *tx).await.map_err(unavailable)?;
+                sqlx::query("ROLLBACK TO req")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                sqlx::query("RELEASE req")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
                 out.push(Err(err));
             }
         }
@@ -213,11 +231,15 @@ fn row_to_event(stream: &StreamId, row: &sqlx::sqlite::SqliteRow) -> Result<Even
         version,
         stream: stream.clone(),
         seq: Seq(row.try_get::<i64, _>("seq").map_err(|_| corrupt("seq"))? as u64),
-        epoch: Epoch(row.try_get::<i64, _>("epoch").map_err(|_| corrupt("epoch"))? as u64),
+        epoch: Epoch(
+            row.try_get::<i64, _>("epoch")
+                .map_err(|_| corrupt("epoch"))? as u64,
+        ),
         actor: UserId::parse(&actor).map_err(|_| corrupt("actor"))?,
         ts: row.try_get("ts").map_err(|_| corrupt("ts"))?,
         trace: row.try_get("trace").map_err(|_| corrupt("trace"))?,
-        payload: EventPayload::from_stored(ty, version, &payload).map_err(|_| corrupt("payload"))?,
+        payload: EventPayload::from_stored(ty, version, &payload)
+            .map_err(|_| corrupt("payload"))?,
     })
 }
 
@@ -267,7 +289,12 @@ impl EventLog for SqliteLog {
         Ok(Loaded { snapshot, tail })
     }
 
-    async fn read(&self, stream: &StreamId, after: Seq, limit: usize) -> Result<Vec<Event>, StoreError> {
+    async fn read(
+        &self,
+        stream: &StreamId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
         let rows = sqlx::query(
             "SELECT seq, epoch, id, type, version, actor, ts, trace, payload FROM events \
              WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?",
@@ -288,7 +315,11 @@ impl EventLog for SqliteLog {
         snapshot: Snapshot,
     ) -> Result<(), StoreError> {
         let name = stream.to_string();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(unavailable)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(unavailable)?;
         let current: Option<i64> = sqlx::query("SELECT epoch FROM owners WHERE stream = ?")
             .bind(&name)
             .fetch_optional(&mut *tx)

@@ -43,13 +43,19 @@ async fn contract(log: Arc<dyn EventLog>) {
 
     // Group of two streams in one call, both succeed.
     let r = log
-        .append(vec![req(&a, ea, 1, vec![ev(1), ev(2)]), req(&b, eb, 1, vec![ev(9)])])
+        .append(vec![
+            req(&a, ea, 1, vec![ev(1), ev(2)]),
+            req(&b, eb, 1, vec![ev(9)]),
+        ])
         .await;
     assert_eq!(r, vec![Ok(()), Ok(())]);
 
     // A gap is refused, and does not affect its neighbour in the batch.
     let r = log
-        .append(vec![req(&a, ea, 5, vec![ev(3)]), req(&b, eb, 2, vec![ev(10)])])
+        .append(vec![
+            req(&a, ea, 5, vec![ev(3)]),
+            req(&b, eb, 2, vec![ev(10)]),
+        ])
         .await;
     assert_eq!(
         r[0],
@@ -62,7 +68,10 @@ async fn contract(log: Arc<dyn EventLog>) {
 
     // Duplicate ids are refused and write nothing.
     let dup = ev(4);
-    assert_eq!(log.append(vec![req(&a, ea, 3, vec![dup.clone()])]).await, vec![Ok(())]);
+    assert_eq!(
+        log.append(vec![req(&a, ea, 3, vec![dup.clone()])]).await,
+        vec![Ok(())]
+    );
     let r = log.append(vec![req(&a, ea, 4, vec![ev(5), dup])]).await;
     assert_eq!(r, vec![Err(StoreError::Duplicate)]);
 
@@ -80,14 +89,27 @@ async fn contract(log: Arc<dyn EventLog>) {
     // Load = snapshot + tail.
     let loaded = log.load(&a).await.expect("load");
     assert!(loaded.snapshot.is_none());
-    assert_eq!(loaded.tail.iter().map(|e| e.seq.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        loaded.tail.iter().map(|e| e.seq.0).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
     assert_eq!(loaded.tail[2].actor.as_str(), "ada");
-    log.write_snapshot(&a, ea2, Snapshot { seq: Seq(2), state: vec![1] })
-        .await
-        .expect("snapshot");
+    log.write_snapshot(
+        &a,
+        ea2,
+        Snapshot {
+            seq: Seq(2),
+            state: vec![1],
+        },
+    )
+    .await
+    .expect("snapshot");
     let loaded = log.load(&a).await.expect("load");
     assert_eq!(loaded.snapshot.as_ref().map(|s| s.seq), Some(Seq(2)));
-    assert_eq!(loaded.tail.iter().map(|e| e.seq.0).collect::<Vec<_>>(), vec![3]);
+    assert_eq!(
+        loaded.tail.iter().map(|e| e.seq.0).collect::<Vec<_>>(),
+        vec![3]
+    );
     assert_eq!(loaded.last_seq(), Seq(3));
     let r = log.append(vec![req(&a, ea2, 4, vec![ev(8)])]).await;
     assert_eq!(r, vec![Ok(())]);
@@ -103,7 +125,9 @@ async fn memory_log_keeps_the_contract() {
 #[tokio::test]
 async fn sqlite_log_keeps_the_contract() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = SqliteLog::open(&dir.path().join("t.db")).await.expect("open");
+    let log = SqliteLog::open(&dir.path().join("t.db"))
+        .await
+        .expect("open");
     contract(Arc::new(log)).await;
 }
 
@@ -132,7 +156,13 @@ async fn sqlite_group_commit_keeps_every_acked_event_once() {
     // Reopen: everything acknowledged is on disk, exactly once, gap-free.
     let log = SqliteLog::open(&path).await.expect("reopen");
     for w in 0..16 {
-        let evs = log.read(&stream(&format!("w{w}")), Seq(0), 1000).await.expect("read");
-        assert_eq!(evs.iter().map(|e| e.seq.0).collect::<Vec<_>>(), (1..=50).collect::<Vec<_>>());
+        let evs = log
+            .read(&stream(&format!("w{w}")), Seq(0), 1000)
+            .await
+            .expect("read");
+        assert_eq!(
+            evs.iter().map(|e| e.seq.0).collect::<Vec<_>>(),
+            (1..=50).collect::<Vec<_>>()
+        );
     }
 }

@@ -67,7 +67,11 @@ pub struct DevOpts {
     #[arg(long, env = "TANDEM_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
     /// Allowed browser Origin (repeatable; none = any).
-    #[arg(long = "allow-origin", env = "TANDEM_ALLOW_ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long = "allow-origin",
+        env = "TANDEM_ALLOW_ORIGINS",
+        value_delimiter = ','
+    )]
     pub allow_origin: Vec<String>,
     /// Largest WebSocket message in bytes [default: 1048576].
     #[arg(long, env = "TANDEM_MAX_MESSAGE_BYTES")]
@@ -99,7 +103,8 @@ impl DevOpts {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading config file {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?
+                toml::from_str(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
             }
             None => DevConfig::default(),
         };
@@ -146,13 +151,15 @@ impl DevOpts {
             c.shard.idle_unload = Duration::try_from_secs_f64(v).context("--idle-unload-secs")?;
         }
         if let Some(v) = self.awareness_timeout_secs {
-            c.shard.awareness_timeout = Duration::try_from_secs_f64(v).context("--awareness-timeout-secs")?;
+            c.shard.awareness_timeout =
+                Duration::try_from_secs_f64(v).context("--awareness-timeout-secs")?;
         }
         if let Some(v) = self.snapshot_every {
             c.shard.snapshot_every = v;
         }
         // `tandem dev` is the zero-setup mode: anonymous unless a key is configured.
-        let has_key = c.gateway.auth.hs256_secret.is_some() || c.gateway.auth.es256_public_key_pem.is_some();
+        let has_key =
+            c.gateway.auth.hs256_secret.is_some() || c.gateway.auth.es256_public_key_pem.is_some();
         c.gateway.auth.allow_anonymous = !has_key;
         if c.shards == 0 || c.shards > 64 {
             bail!("--shards must be between 1 and 64");
@@ -169,7 +176,12 @@ impl DevOpts {
         if c.shard.max_update_depth == 0 {
             bail!("--max-update-depth must be at least 1");
         }
-        if c.gateway.auth.hs256_secret.as_ref().is_some_and(|s| s.len() < 16) {
+        if c.gateway
+            .auth
+            .hs256_secret
+            .as_ref()
+            .is_some_and(|s| s.len() < 16)
+        {
             bail!("the HS256 secret must be at least 16 bytes");
         }
         Ok(c)

@@ -14,14 +14,24 @@ use crate::config::DevConfig;
 
 /// Runs until Ctrl-C / SIGTERM, then closes every connection, commits everything and returns.
 pub async fn run(cfg: DevConfig) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.data).with_context(|| format!("creating data folder {}", cfg.data.display()))?;
+    std::fs::create_dir_all(&cfg.data)
+        .with_context(|| format!("creating data folder {}", cfg.data.display()))?;
     let db = cfg.data.join("tandem.db");
-    let store = Arc::new(SqliteLog::open(&db).await.with_context(|| format!("opening {}", db.display()))?);
+    let store = Arc::new(
+        SqliteLog::open(&db)
+            .await
+            .with_context(|| format!("opening {}", db.display()))?,
+    );
     let metrics = Metrics::new();
     let shards: Vec<_> = (0..cfg.shards)
         .map(|i| {
             let id = ShardId::parse(&format!("dev-{i}")).expect("dev shard ids are valid");
-            shard::driver::spawn(id, cfg.shard.clone(), store.clone() as Arc<dyn EventLog>, metrics.clone())
+            shard::driver::spawn(
+                id,
+                cfg.shard.clone(),
+                store.clone() as Arc<dyn EventLog>,
+                metrics.clone(),
+            )
         })
         .collect();
     if cfg.gateway.auth.allow_anonymous {
@@ -30,7 +40,11 @@ pub async fn run(cfg: DevConfig) -> anyhow::Result<()> {
              write every document. Pass --jwt-hs256-secret (or --jwt-es256-public-key) outside local development."
         );
     }
-    let gw = Arc::new(Gateway::new(cfg.gateway.clone(), Routes::new(shards.clone()), metrics)?);
+    let gw = Arc::new(Gateway::new(
+        cfg.gateway.clone(),
+        Routes::new(shards.clone()),
+        metrics,
+    )?);
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
@@ -51,13 +65,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
