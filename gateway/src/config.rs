@@ -12,6 +12,17 @@ pub struct GatewayConfig {
     pub max_message_bytes: usize,
     /// Messages queued towards one socket before it counts as a slow consumer (close 1008).
     pub outbound_queue: usize,
+    /// Bytes queued towards one socket before it counts as a slow consumer (close 1008).
+    pub outbound_queue_bytes: usize,
+    /// Seconds without any frame from a client (messages or pongs) before the socket is closed (1001).
+    pub idle_timeout_secs: u64,
+    /// Seconds between server pings.
+    pub ping_interval_secs: u64,
+    /// Sustained messages per second accepted from one socket; above it the gateway stops reading
+    /// from that socket (TCP backpressure) until the rate is back under the limit. 0 = unlimited.
+    pub max_messages_per_sec: u32,
+    /// Messages one socket may send in a burst above the sustained rate.
+    pub message_burst: u32,
     /// Seconds a single frame write may take before the socket is dropped.
     pub write_timeout_secs: u64,
     /// Allowed `Origin` values; empty allows any. Requests without `Origin` (non-browser) are allowed.
@@ -25,6 +36,11 @@ impl Default for GatewayConfig {
         Self {
             max_message_bytes: 1024 * 1024,
             outbound_queue: 1024,
+            outbound_queue_bytes: 128 * 1024 * 1024,
+            idle_timeout_secs: 75,
+            ping_interval_secs: 30,
+            max_messages_per_sec: 500,
+            message_burst: 1000,
             write_timeout_secs: 10,
             allowed_origins: Vec::new(),
             auth: AuthConfig::default(),

@@ -86,7 +86,14 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
     let write_timeout = Duration::from_secs(gw.cfg.write_timeout_secs.max(1));
     let (mut reader, writer) = ws.split(tokio::io::split);
     let writer: Writer = Arc::new(Mutex::new(writer));
-    let (sink, mut out, kill) = ConnSink::new(gw.cfg.outbound_queue);
+    let (sink, queue) = ConnSink::new(gw.cfg.outbound_queue, gw.cfg.outbound_queue_bytes);
+    let shard::ConnQueue {
+        rx: mut out,
+        kill_code: kill,
+        queued_bytes,
+    } = queue;
+    let idle_timeout = Duration::from_secs(gw.cfg.idle_timeout_secs.max(1));
+    let ping_every = Duration::from_secs(gw.cfg.ping_interval_secs.max(1));
     gw.metrics.connections.inc();
     if !shard
         .open(p.conn, p.doc.clone(), p.actor.clone(), p.can_write, sink)
@@ -115,6 +122,7 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
         let conn = p.conn;
         tokio::spawn(async move {
             let mut partial: Option<Vec<u8>> = None;
+            let mut bucket = RateLimit::new(gw.cfg.max_messages_per_sec, gw.cfg.message_burst);
             // Set when this side closed because of the client's input: keep reading (and discarding)
             // until the client's close frame or EOF, so the close frame is not lost to a TCP reset
             // caused by unread data.
@@ -127,8 +135,16 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
                         if frame.opcode == OpCode::Close && closed.swap(true, Ordering::SeqCst) {
                             return Ok(());
                         }
-                        let mut w = writer.lock().await;
-                        w.write_frame(frame).await
+                        // Lock and write under one deadline: a client that never reads must not
+                        // wedge the reader (and through the lock, the writer) forever.
+                        let write = async {
+                            let mut w = writer.lock().await;
+                            w.write_frame(frame).await
+                        };
+                        match tokio::time::timeout(write_timeout, write).await {
+                            Ok(r) => r,
+                            Err(_) => Err(WebSocketError::ConnectionClosed),
+                        }
                     }
                 };
                 let read = match draining {
@@ -141,7 +157,18 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
                             Err(_) => break,
                         }
                     }
-                    None => reader.read_frame(&mut obligated).await,
+                    // Cancelling on idle timeout is fine for the same reason: the socket is dropped.
+                    None => {
+                        match tokio::time::timeout(idle_timeout, reader.read_frame(&mut obligated))
+                            .await
+                        {
+                            Ok(r) => r,
+                            Err(_) => {
+                                out_half.close(1001, "idle timeout", write_timeout).await;
+                                break;
+                            }
+                        }
+                    }
                 };
                 let frame = match read {
                     Ok(f) => f,
@@ -197,6 +224,7 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
                 };
                 match message {
                     Ok(m) => {
+                        bucket.take().await;
                         if !shard.message(conn, m).await {
                             out_half
                                 .close(1011, "shard unavailable", write_timeout)
@@ -215,12 +243,27 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
         })
     };
 
-    // Writer: runs until the shard drops or closes this connection.
+    // Writer: runs until the shard drops or closes this connection. It also pings every
+    // `ping_every`, so a silent but healthy client answers with a pong within the reader's idle timeout.
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     loop {
-        let item = out.recv().await;
+        let item = tokio::select! {
+            item = out.recv() => item,
+            _ = ping.tick() => {
+                let write = async {
+                    let mut w = out_half.writer.lock().await;
+                    w.write_frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[]))).await
+                };
+                match tokio::time::timeout(write_timeout, write).await {
+                    Ok(Ok(())) => continue,
+                    _ => break,
+                }
+            }
+        };
         let killed = kill.load(Ordering::Relaxed);
         match item {
             Some(ConnOut::Frame(msg)) => {
+                queued_bytes.fetch_sub(msg.len(), Ordering::Relaxed);
                 if killed != 0 {
                     // Being closed: skip queued frames and look for the close with its reason.
                     continue;
@@ -228,9 +271,12 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
                 if out_half.closed.load(Ordering::SeqCst) {
                     break;
                 }
-                let mut w = out_half.writer.lock().await;
-                let frame = Frame::new(true, OpCode::Binary, None, Payload::Borrowed(&msg));
-                match tokio::time::timeout(write_timeout, w.write_frame(frame)).await {
+                let write = async {
+                    let mut w = out_half.writer.lock().await;
+                    let frame = Frame::new(true, OpCode::Binary, None, Payload::Borrowed(&msg));
+                    w.write_frame(frame).await
+                };
+                match tokio::time::timeout(write_timeout, write).await {
                     Ok(Ok(())) => {}
                     _ => break,
                 }
@@ -256,4 +302,81 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
         shard.close(p.conn).await;
     }
     gw.metrics.connections.dec();
+}
+
+/// Per-socket token bucket. Over the limit the reader waits instead of reading on, which pushes back on
+/// the client through TCP flow control: nothing is dropped and the connection stays up.
+struct RateLimit {
+    per_sec: f64,
+    burst: f64,
+    tokens: f64,
+    last: tokio::time::Instant,
+}
+
+impl RateLimit {
+    fn new(per_sec: u32, burst: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            per_sec: f64::from(per_sec),
+            burst,
+            tokens: burst,
+            last: tokio::time::Instant::now(),
+        }
+    }
+
+    async fn take(&mut self) {
+        if self.per_sec <= 0.0 {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.per_sec)
+            .min(self.burst);
+        self.last = now;
+        if self.tokens < 1.0 {
+            let wait = (1.0 - self.tokens) / self.per_sec;
+            tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+            self.tokens = 1.0;
+            self.last = tokio::time::Instant::now();
+        }
+        self.tokens -= 1.0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RateLimit;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limit_allows_the_burst_then_paces() {
+        let mut r = RateLimit::new(10, 5);
+        let start = tokio::time::Instant::now();
+        for _ in 0..5 {
+            r.take().await;
+        }
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "the burst passes without waiting"
+        );
+        for _ in 0..10 {
+            r.take().await;
+        }
+        // Ten more at 10/s take about a second of (virtual) time.
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(950) && waited <= Duration::from_millis(1050),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_means_unlimited() {
+        let mut r = RateLimit::new(0, 1);
+        let start = tokio::time::Instant::now();
+        for _ in 0..1000 {
+            r.take().await;
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
 }

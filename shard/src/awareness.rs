@@ -109,6 +109,17 @@ impl Table {
             .collect()
     }
 
+    /// Whether applying an entry for `client` from `conn` stays within the limits: at most `per_conn`
+    /// client ids per connection and `per_doc` live states in the document.
+    pub fn admits(&self, conn: ConnId, client: u64, per_conn: usize, per_doc: usize) -> bool {
+        if self.states.get(&client).is_some_and(|s| s.conn == conn) {
+            return true;
+        }
+        let mine = self.states.values().filter(|s| s.conn == conn).count();
+        let live = self.states.values().filter(|s| s.json.is_some()).count();
+        mine < per_conn && live < per_doc
+    }
+
     /// Whether any state is live.
     pub fn is_empty(&self) -> bool {
         self.states.values().all(|s| s.json.is_none())

@@ -25,6 +25,10 @@ pub struct CoreConfig {
     pub max_update_depth: usize,
     /// Largest awareness update, in bytes.
     pub max_awareness_bytes: usize,
+    /// Awareness client ids one connection may announce (the stock provider uses one).
+    pub max_awareness_clients_per_conn: usize,
+    /// Live awareness states per document.
+    pub max_awareness_states_per_doc: usize,
 }
 
 impl Default for CoreConfig {
@@ -37,6 +41,8 @@ impl Default for CoreConfig {
             max_update_bytes: 1024 * 1024,
             max_update_depth: 32,
             max_awareness_bytes: 64 * 1024,
+            max_awareness_clients_per_conn: 16,
+            max_awareness_states_per_doc: 10_000,
         }
     }
 }

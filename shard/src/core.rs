@@ -16,6 +16,9 @@ use crate::awareness;
 use crate::config::CoreConfig;
 use crate::error::ShardError;
 
+/// Messages one connection may send before its document has loaded (then: close 1013, resync).
+const MAX_QUEUED_WHILE_LOADING: usize = 64;
+
 /// A client connection, numbered by the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u64);
@@ -85,6 +88,7 @@ struct Conn {
 }
 
 struct Pending {
+    epoch: Epoch,
     seq: Seq,
     origin: ConnId,
     update: Vec<u8>,
@@ -197,7 +201,11 @@ impl ShardCore {
         self.docs
             .values()
             .flat_map(|d| {
-                let idle = d.idle_since.map(|t| t + self.cfg.idle_unload);
+                let quiet = d.inflight.is_empty() && matches!(d.phase, Phase::Ready { .. });
+                let idle = d
+                    .idle_since
+                    .filter(|_| quiet)
+                    .map(|t| t + self.cfg.idle_unload);
                 let aw = d.awareness.oldest().map(|t| t + self.cfg.awareness_timeout);
                 [idle, aw]
             })
@@ -280,7 +288,12 @@ impl ShardCore {
             return;
         };
         if let Phase::Loading { queued } = &mut d.phase {
-            queued.push_back((conn, bytes));
+            let mine = queued.iter().filter(|(c, _)| *c == conn).count();
+            if mine >= MAX_QUEUED_WHILE_LOADING {
+                self.close(now, conn, &ShardError::Resync);
+            } else {
+                queued.push_back((conn, bytes));
+            }
             return;
         }
         if let Err(e) = self.process(now, conn, &doc, &bytes) {
@@ -359,6 +372,11 @@ impl ShardCore {
         let mut covered = 0;
         for r in &ranges {
             let known = d.ends.get(&r.client).copied().unwrap_or(0);
+            if r.start > known {
+                // A gap: yrs would hold these structs as pending, outside its state vector, where the
+                // guard could not see them after a reload. Honest clients never skip their own clocks.
+                return Err(ShardError::Resync);
+            }
             if r.start < known {
                 if r.end > known {
                     return Err(ShardError::Resync);
@@ -390,6 +408,7 @@ impl ShardCore {
         let seq = d.next;
         d.next = d.next.next();
         d.inflight.push_back(Pending {
+            epoch,
             seq,
             origin: conn,
             update: update.clone(),
@@ -414,7 +433,16 @@ impl ShardCore {
         validate::validate_awareness_update(raw, self.cfg.max_awareness_bytes)
             .map_err(ShardError::Invalid)?;
         let entries = message::decode_awareness_update(raw).map_err(ShardError::Malformed)?;
+        let (per_conn, per_doc) = (
+            self.cfg.max_awareness_clients_per_conn,
+            self.cfg.max_awareness_states_per_doc,
+        );
         let d = self.docs.get_mut(doc).ok_or(ShardError::LoadFailed)?;
+        if !entries.iter().all(|e| {
+            e.state_json == "null" || d.awareness.admits(conn, e.client_id, per_conn, per_doc)
+        }) {
+            return Err(ShardError::AwarenessLimit);
+        }
         let mut changed = false;
         for e in &entries {
             changed |= d
@@ -502,13 +530,8 @@ impl ShardCore {
         };
         d.ydoc = ydoc;
         d.stored_bytes = bytes;
-        d.ends = d
-            .ydoc
-            .transact()
-            .state_vector()
-            .iter()
-            .map(|(c, k)| (c.get(), u64::from(*k)))
-            .collect();
+        // From the stored updates themselves, not yrs' state vector (which leaves out pending structs).
+        d.ends = stored_ends(&loaded, &self.cfg.limits());
         d.since_snapshot = loaded.tail.len() as u64;
         d.applied = loaded.last_seq();
         d.next = d.applied.next();
@@ -537,6 +560,7 @@ impl ShardCore {
         &mut self,
         now: Instant,
         doc: &DocId,
+        epoch: Epoch,
         seq: Seq,
         result: Result<(), StoreError>,
     ) {
@@ -544,7 +568,7 @@ impl ShardCore {
             return;
         };
         // Answers for an older incarnation of the document (after a failure and reload) are ignored.
-        if d.inflight.front().map(|p| p.seq) != Some(seq) {
+        if d.inflight.front().map(|p| (p.epoch, p.seq)) != Some((epoch, seq)) {
             return;
         }
         if let Err(e) = result {
@@ -704,6 +728,23 @@ impl EncodeSv for StateVector {
         use yrs::updates::encoder::Encode;
         self.encode_v1()
     }
+}
+
+/// Per Yjs client, the end of the clock range covered by a snapshot and tail.
+fn stored_ends(loaded: &Loaded, limits: &validate::Limits) -> HashMap<u64, u64> {
+    let mut ends: HashMap<u64, u64> = HashMap::new();
+    let snapshot = loaded.snapshot.iter().map(|s| s.state.as_slice());
+    let tail = loaded.tail.iter().filter_map(|e| match &e.payload {
+        proto::EventPayload::DocumentUpdated(p) => Some(p.update.0.as_slice()),
+        _ => None,
+    });
+    for update in snapshot.chain(tail) {
+        for r in validate::update_client_ranges(update, limits).unwrap_or_default() {
+            let e = ends.entry(r.client).or_insert(0);
+            *e = (*e).max(r.end);
+        }
+    }
+    ends
 }
 
 /// Builds a document from a snapshot and tail. An event on which yrs panics is skipped (and the

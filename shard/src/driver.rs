@@ -2,7 +2,7 @@
 //! and carries out its outputs. The only code in this crate that awaits.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,21 +31,52 @@ pub struct ConnSink {
     tx: mpsc::Sender<ConnOut>,
     /// Close code to use when the queue is dropped without a `Close` (0 = none).
     kill_code: Arc<AtomicU16>,
+    /// Bytes queued and not yet written; the writer subtracts what it wrote.
+    queued_bytes: Arc<AtomicUsize>,
+    max_bytes: usize,
+}
+
+/// The connection side of a [`ConnSink`].
+pub struct ConnQueue {
+    /// Messages from the shard.
+    pub rx: mpsc::Receiver<ConnOut>,
+    /// Close code set by the shard when it drops the connection (0 = none).
+    pub kill_code: Arc<AtomicU16>,
+    /// Bytes queued; subtract each frame's length after writing it.
+    pub queued_bytes: Arc<AtomicUsize>,
 }
 
 impl ConnSink {
-    /// A sink and its receiving end with room for `capacity` queued messages.
-    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<ConnOut>, Arc<AtomicU16>) {
+    /// A sink with room for `capacity` messages and `max_bytes` bytes, and its receiving end.
+    pub fn new(capacity: usize, max_bytes: usize) -> (Self, ConnQueue) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let kill = Arc::new(AtomicU16::new(0));
+        let bytes = Arc::new(AtomicUsize::new(0));
         (
             Self {
                 tx,
                 kill_code: kill.clone(),
+                queued_bytes: bytes.clone(),
+                max_bytes,
             },
-            rx,
-            kill,
+            ConnQueue {
+                rx,
+                kill_code: kill,
+                queued_bytes: bytes,
+            },
         )
+    }
+
+    fn try_send_frame(&self, msg: Arc<[u8]>) -> bool {
+        let len = msg.len();
+        if self.queued_bytes.load(Ordering::Relaxed) + len > self.max_bytes {
+            return false;
+        }
+        if self.tx.try_send(ConnOut::Frame(msg)).is_err() {
+            return false;
+        }
+        self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        true
     }
 }
 
@@ -69,7 +100,7 @@ enum Cmd {
         result: Result<(proto::Epoch, store::Loaded), StoreError>,
     },
     Appended {
-        results: Vec<(DocId, Seq, Result<(), StoreError>)>,
+        results: Vec<(DocId, proto::Epoch, Seq, Result<(), StoreError>)>,
     },
     SnapshotDone {
         doc: DocId,
@@ -164,7 +195,7 @@ pub fn spawn(
     ShardHandle { id, tx }
 }
 
-type AppendItem = (DocId, Seq, AppendRequest);
+type AppendItem = (DocId, proto::Epoch, Seq, AppendRequest);
 
 /// Hands appends to the store in order, grouping whatever queued up during the previous commit.
 /// One batch in flight per shard keeps each document's seqs in order; the store groups across shards.
@@ -179,8 +210,8 @@ async fn appender(
             items.extend(more);
         }
         let started = Instant::now();
-        let (keys, reqs): (Vec<(DocId, Seq)>, Vec<AppendRequest>) =
-            items.into_iter().map(|(d, s, r)| ((d, s), r)).unzip();
+        let (keys, reqs): (Vec<(DocId, proto::Epoch, Seq)>, Vec<AppendRequest>) =
+            items.into_iter().map(|(d, e, s, r)| ((d, e, s), r)).unzip();
         metrics.append_batch_events.observe(reqs.len() as f64);
         let results = store.append(reqs).await;
         metrics
@@ -189,7 +220,7 @@ async fn appender(
         let results = keys
             .into_iter()
             .zip(results)
-            .map(|((d, s), r)| (d, s, r))
+            .map(|((d, e, s), r)| (d, e, s, r))
             .collect();
         if back.send(Cmd::Appended { results }).await.is_err() {
             return;
@@ -263,12 +294,12 @@ impl Driver {
                 self.core.handle_loaded(now, &doc, result);
             }
             Cmd::Appended { results } => {
-                for (doc, seq, result) in results {
+                for (doc, epoch, seq, result) in results {
                     if let Err(e) = &result {
                         tracing::warn!(shard = %self.id, %doc, %seq, error = %e, "append failed");
                     }
                     let t = std::time::Instant::now();
-                    self.core.handle_appended(now, &doc, seq, result);
+                    self.core.handle_appended(now, &doc, epoch, seq, result);
                     self.metrics
                         .apply_seconds
                         .observe(t.elapsed().as_secs_f64());
@@ -294,7 +325,7 @@ impl Driver {
                     let Some(sink) = self.sinks.get(&conn) else {
                         continue;
                     };
-                    if sink.tx.try_send(ConnOut::Frame(msg)).is_err() {
+                    if !sink.try_send_frame(msg) {
                         // Slow consumer (or already gone): close it; the client reconnects and resyncs.
                         sink.kill_code.store(1008, Ordering::Relaxed);
                         self.sinks.remove(&conn);
@@ -351,7 +382,7 @@ impl Driver {
                         first_seq: seq,
                         events: vec![event],
                     };
-                    self.batch.push((doc, seq, req));
+                    self.batch.push((doc, epoch, seq, req));
                 }
                 Output::Snapshot {
                     doc,

@@ -28,6 +28,9 @@ pub enum ShardError {
     /// The update re-sent part of a range already accepted; the client must resync.
     #[error("overlapping update, resync")]
     Resync,
+    /// Too many awareness client ids from one connection, or live states in the document.
+    #[error("awareness limit")]
+    AwarenessLimit,
     /// The server is shutting down.
     #[error("server shutting down")]
     ShuttingDown,
@@ -43,6 +46,7 @@ impl ShardError {
             Self::StoreUnavailable | Self::LoadFailed => 1011,
             Self::Fenced => 1012,
             Self::Resync => 1013,
+            Self::AwarenessLimit => 1008,
             Self::ShuttingDown => 1001,
         }
     }

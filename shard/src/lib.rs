@@ -23,5 +23,5 @@ pub mod metrics;
 
 pub use crate::config::CoreConfig;
 pub use crate::core::{ConnId, Output, ShardCore};
-pub use crate::driver::{ConnOut, ConnSink, ShardHandle};
+pub use crate::driver::{ConnOut, ConnQueue, ConnSink, ShardHandle};
 pub use crate::error::ShardError;

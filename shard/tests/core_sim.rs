@@ -115,7 +115,8 @@ impl Harness {
                 for (doc, epoch, seq, actor, update) in std::mem::take(&mut self.pending_appends) {
                     progressed = true;
                     self.commit(&doc, epoch, seq, actor, update);
-                    self.core.handle_appended(self.now, &doc, seq, Ok(()));
+                    self.core
+                        .handle_appended(self.now, &doc, epoch, seq, Ok(()));
                 }
             }
             if !progressed {
@@ -302,10 +303,11 @@ fn failed_append_shows_nothing_and_closes_the_document() {
     h.take(b);
     h.auto_commit = false;
     h.send(a, Client::new(10).insert(0, "lost?"));
-    let (doc, _, seq, _, _) = h.pending_appends.pop().expect("one append");
+    let (doc, epoch, seq, _, _) = h.pending_appends.pop().expect("one append");
     h.core.handle_appended(
         h.now,
         &doc,
+        epoch,
         seq,
         Err(StoreError::Unavailable("disk".into())),
     );
@@ -570,4 +572,68 @@ fn honest_resends_are_deduplicated_not_refused() {
         .encode_state_as_update_v1(&StateVector::default());
     h.send(a, message::encode_sync_step2(&full));
     assert!(!h.closed.contains_key(&a));
+}
+
+#[test]
+fn the_resend_guard_survives_an_unload_and_reload() {
+    // The first half of the crash pair is entirely pending in yrs (outside its state vector). After an
+    // idle unload and reload, the guard must still know its clock range, so the second half, which
+    // re-sends those clocks with different content, never reaches yrs.
+    let mut h = Harness::new(CoreConfig::default());
+    let [first, second] = hostile::yrs_resend_segfault_updates();
+    let a = h.open(1, "d", true);
+    h.send(a, message::encode_update(&first));
+    h.core.handle_close(h.now, a);
+    h.step();
+    h.advance(Duration::from_secs(31));
+    assert!(!h.core.is_loaded(&doc_id("d")));
+    let b = h.open(2, "d", true);
+    let before = h.logs[&doc_id("d")].events.len();
+    h.send(b, message::encode_update(&second));
+    assert_eq!(
+        h.logs[&doc_id("d")].events.len(),
+        before,
+        "the re-sent range is not persisted"
+    );
+}
+
+#[test]
+fn a_gap_in_a_clients_clocks_is_refused() {
+    let mut h = Harness::new(CoreConfig::default());
+    let a = h.open(1, "d", true);
+    let ca = Client::new(10);
+    let _skipped = ca.insert(0, "one");
+    h.send(a, ca.insert(3, "two"));
+    assert_eq!(
+        h.closed.get(&a),
+        Some(&1013),
+        "structs that would stay pending are refused"
+    );
+    assert!(h.logs[&doc_id("d")].events.is_empty());
+}
+
+#[test]
+fn awareness_floods_are_refused() {
+    let cfg = CoreConfig {
+        max_awareness_clients_per_conn: 2,
+        ..CoreConfig::default()
+    };
+    let mut h = Harness::new(cfg);
+    let a = h.open(1, "d", true);
+    let b = h.open(2, "d", true);
+    h.send(a, awareness_msg(10, 1, "{}"));
+    h.send(a, awareness_msg(11, 1, "{}"));
+    assert!(!h.closed.contains_key(&a));
+    h.take(b);
+    let many: Vec<(u64, u64, &str)> = (100..200).map(|c| (c, 1, "{}")).collect();
+    h.send(
+        a,
+        message::encode_awareness(&message::encode_awareness_update(&many)),
+    );
+    assert_eq!(h.closed.get(&a), Some(&1008));
+    let seen = awareness_entries(&h.take(b));
+    assert!(
+        seen.iter().all(|(c, _)| *c < 100),
+        "the flood was not relayed"
+    );
 }

@@ -85,6 +85,12 @@ pub struct DevOpts {
     /// Messages queued per socket before it is closed as a slow consumer [default: 1024].
     #[arg(long, env = "TANDEM_OUTBOUND_QUEUE")]
     pub outbound_queue: Option<usize>,
+    /// Sustained messages per second read from one socket (0 = unlimited) [default: 500].
+    #[arg(long, env = "TANDEM_MAX_MESSAGES_PER_SEC")]
+    pub max_messages_per_sec: Option<u32>,
+    /// Burst of messages allowed above the sustained rate [default: 1000].
+    #[arg(long, env = "TANDEM_MESSAGE_BURST")]
+    pub message_burst: Option<u32>,
     /// Seconds after the last client leaves before a document is unloaded [default: 30].
     #[arg(long, env = "TANDEM_IDLE_UNLOAD_SECS")]
     pub idle_unload_secs: Option<f64>,
@@ -147,6 +153,12 @@ impl DevOpts {
         if let Some(v) = self.outbound_queue {
             c.gateway.outbound_queue = v;
         }
+        if let Some(v) = self.max_messages_per_sec {
+            c.gateway.max_messages_per_sec = v;
+        }
+        if let Some(v) = self.message_burst {
+            c.gateway.message_burst = v;
+        }
         if let Some(v) = self.idle_unload_secs {
             c.shard.idle_unload = Duration::try_from_secs_f64(v).context("--idle-unload-secs")?;
         }
@@ -173,8 +185,9 @@ impl DevOpts {
         if c.shard.snapshot_every == 0 {
             bail!("--snapshot-every must be at least 1");
         }
-        if c.shard.max_update_depth == 0 {
-            bail!("--max-update-depth must be at least 1");
+        // yrs recurses on nesting; the validator's limit is what keeps its stack safe.
+        if c.shard.max_update_depth == 0 || c.shard.max_update_depth > 256 {
+            bail!("--max-update-depth must be between 1 and 256");
         }
         if c.gateway
             .auth

@@ -43,7 +43,7 @@ pub async fn run(cfg: DevConfig) -> anyhow::Result<()> {
     let gw = Arc::new(Gateway::new(
         cfg.gateway.clone(),
         Routes::new(shards.clone()),
-        metrics,
+        metrics.clone(),
     )?);
     let listener = TcpListener::bind(cfg.listen)
         .await
@@ -55,6 +55,11 @@ pub async fn run(cfg: DevConfig) -> anyhow::Result<()> {
     tracing::info!("shutting down: closing connections and committing");
     for s in &shards {
         s.shutdown().await;
+    }
+    // Let the connection writers flush their 1001 close frames.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    while metrics.connections.get() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     store.close().await;
     tracing::info!("stopped cleanly");

@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Gateway, router and shards in one process with the embedded store: the zero-setup server.
-    Dev(config::DevOpts),
+    Dev(Box<config::DevOpts>),
     /// Mints an HS256 token for local use.
     Token(TokenOpts),
 }
@@ -86,7 +86,7 @@ fn main() -> anyhow::Result<()> {
                 )
                 .with_writer(std::io::stderr)
                 .init();
-            let cfg = o.into_config()?;
+            let cfg = (*o).into_config()?;
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
