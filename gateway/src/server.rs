@@ -72,7 +72,13 @@ impl Gateway {
     async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
         let path = req.uri().path().to_owned();
         match (req.method(), path.as_str()) {
-            (&Method::GET, "/healthz") => text(200, "ok\n", "text/plain"),
+            (&Method::GET, "/healthz") => {
+                if self.routes.shards().all(|s| s.is_alive()) {
+                    text(200, "ok\n", "text/plain")
+                } else {
+                    text(503, "a shard is down\n", "text/plain")
+                }
+            }
             (&Method::GET, "/metrics") => {
                 text(200, &self.metrics.render(), "text/plain; version=0.0.4")
             }

@@ -23,6 +23,9 @@ pub struct CoreConfig {
     pub max_update_bytes: usize,
     /// Deepest accepted nesting inside an update (lib0 Any values, JSON content).
     pub max_update_depth: usize,
+    /// Deepest nesting of shared types (Y.Array in Y.Map in …) a document may reach; yrs recurses per
+    /// level when it deletes or garbage-collects nested types.
+    pub max_type_depth: u32,
     /// Largest awareness update, in bytes.
     pub max_awareness_bytes: usize,
     /// Awareness client ids one connection may announce (the stock provider uses one).
@@ -40,6 +43,7 @@ impl Default for CoreConfig {
             max_doc_bytes: 64 * 1024 * 1024,
             max_update_bytes: 1024 * 1024,
             max_update_depth: 32,
+            max_type_depth: 64,
             max_awareness_bytes: 64 * 1024,
             max_awareness_clients_per_conn: 16,
             max_awareness_states_per_doc: 10_000,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use proto::yjs::message::{self, Message};
+use proto::yjs::nesting::{NestingError, NestingTracker};
 use proto::yjs::validate;
 use proto::{DocId, Epoch, Seq, UserId};
 use store::{Loaded, Snapshot, StoreError};
@@ -120,10 +121,12 @@ struct DocState {
     /// 0.28.1 can crash on a re-sent clock range with different content, and its own state vector does
     /// not cover in-flight or pending structs, so the shard keeps this itself.
     ends: HashMap<u64, u64>,
+    /// Depth of every shared type, so that no update can nest types deeper than the limit.
+    nesting: NestingTracker,
 }
 
 impl DocState {
-    fn new() -> Self {
+    fn new(max_type_depth: u32) -> Self {
         Self {
             phase: Phase::Loading {
                 queued: VecDeque::new(),
@@ -139,6 +142,7 @@ impl DocState {
             since_snapshot: 0,
             idle_since: None,
             ends: HashMap::new(),
+            nesting: NestingTracker::new(max_type_depth),
         }
     }
 }
@@ -254,9 +258,10 @@ impl ShardCore {
                 can_write,
             },
         );
+        let max_type_depth = self.cfg.max_type_depth;
         let d = self.docs.entry(doc.clone()).or_insert_with(|| {
             self.out.push_back(Output::Load { doc: doc.clone() });
-            DocState::new()
+            DocState::new(max_type_depth)
         });
         d.conns.insert(conn);
         d.idle_since = None;
@@ -400,6 +405,16 @@ impl ShardCore {
         if d.stored_bytes + update.len() > max {
             return Err(ShardError::DocTooLarge);
         }
+        // Recorded at acceptance, like `ends`: the client's next update may build on this one before
+        // it is committed. A failed append drops the whole document state, tracker included.
+        let plan = d.nesting.check(&update).map_err(|e| match e {
+            NestingError::TooDeep => ShardError::Invalid(validate::ValidationError::TooDeep),
+            NestingError::UnknownParent => ShardError::Resync,
+            NestingError::Malformed => {
+                ShardError::Invalid(validate::ValidationError::Malformed("update"))
+            }
+        })?;
+        d.nesting.commit(plan);
         for r in &ranges {
             let e = d.ends.entry(r.client).or_insert(0);
             *e = (*e).max(r.end);
@@ -506,32 +521,23 @@ impl ShardCore {
         let Some(d) = self.docs.get_mut(doc) else {
             return;
         };
-        let (epoch, loaded) = match result {
-            Ok(v) => v,
-            Err(_) => {
-                let conns: Vec<ConnId> = d.conns.iter().copied().collect();
-                for c in conns {
-                    self.close(now, c, &ShardError::LoadFailed);
-                }
-                self.docs.remove(doc);
-                self.out.push_back(Output::Unloaded { doc: doc.clone() });
-                return;
-            }
+        let Ok((epoch, loaded)) = result else {
+            self.fail_doc(now, doc, &ShardError::LoadFailed);
+            return;
         };
         let Some((ydoc, bytes)) = rebuild(doc, &loaded) else {
             tracing::error!(%doc, "document state could not be rebuilt from the log");
-            let conns: Vec<ConnId> = d.conns.iter().copied().collect();
-            for c in conns {
-                self.close(now, c, &ShardError::LoadFailed);
-            }
-            self.docs.remove(doc);
-            self.out.push_back(Output::Unloaded { doc: doc.clone() });
+            self.fail_doc(now, doc, &ShardError::LoadFailed);
             return;
         };
         d.ydoc = ydoc;
         d.stored_bytes = bytes;
         // From the stored updates themselves, not yrs' state vector (which leaves out pending structs).
         d.ends = stored_ends(&loaded, &self.cfg.limits());
+        d.nesting = NestingTracker::new(self.cfg.max_type_depth);
+        for update in stored_updates(&loaded) {
+            d.nesting.absorb(update);
+        }
         d.since_snapshot = loaded.tail.len() as u64;
         d.applied = loaded.last_seq();
         d.next = d.applied.next();
@@ -730,15 +736,20 @@ impl EncodeSv for StateVector {
     }
 }
 
-/// Per Yjs client, the end of the clock range covered by a snapshot and tail.
-fn stored_ends(loaded: &Loaded, limits: &validate::Limits) -> HashMap<u64, u64> {
-    let mut ends: HashMap<u64, u64> = HashMap::new();
+/// The snapshot state and the tail's updates, in order.
+fn stored_updates(loaded: &Loaded) -> impl Iterator<Item = &[u8]> {
     let snapshot = loaded.snapshot.iter().map(|s| s.state.as_slice());
     let tail = loaded.tail.iter().filter_map(|e| match &e.payload {
         proto::EventPayload::DocumentUpdated(p) => Some(p.update.0.as_slice()),
         _ => None,
     });
-    for update in snapshot.chain(tail) {
+    snapshot.chain(tail)
+}
+
+/// Per Yjs client, the end of the clock range covered by a snapshot and tail.
+fn stored_ends(loaded: &Loaded, limits: &validate::Limits) -> HashMap<u64, u64> {
+    let mut ends: HashMap<u64, u64> = HashMap::new();
+    for update in stored_updates(loaded) {
         for r in validate::update_client_ranges(update, limits).unwrap_or_default() {
             let e = ends.entry(r.client).or_insert(0);
             *e = (*e).max(r.end);

@@ -124,6 +124,11 @@ impl ShardHandle {
         &self.id
     }
 
+    /// Whether the shard's driver is still running.
+    pub fn is_alive(&self) -> bool {
+        !self.tx.is_closed()
+    }
+
     /// Attaches a connection to `doc`.
     pub async fn open(
         &self,

@@ -167,6 +167,16 @@ impl Harness {
         self.inbox.remove(&conn).unwrap_or_default()
     }
 
+    fn core_state_vector(&self, doc: &str) -> Vec<u8> {
+        let state = self.core.encode_state(&doc_id(doc)).expect("loaded");
+        let d = Doc::new();
+        d.transact_mut()
+            .apply_update(Update::decode_v1(&state).expect("valid"))
+            .expect("applies");
+        let sv = d.transact().state_vector();
+        sv.encode_v1()
+    }
+
     fn advance(&mut self, d: Duration) {
         let target = self.now + d;
         // Step to every deadline on the way, like the driver would.
@@ -636,4 +646,49 @@ fn awareness_floods_are_refused() {
         seen.iter().all(|(c, _)| *c < 100),
         "the flood was not relayed"
     );
+}
+
+#[test]
+fn shared_types_cannot_nest_past_the_limit() {
+    use yrs::{Array, ArrayPrelim, ArrayRef};
+    let cfg = CoreConfig {
+        max_type_depth: 8,
+        ..CoreConfig::default()
+    };
+    let mut h = Harness::new(cfg);
+    let a = h.open(1, "d", true);
+    let client = Doc::with_client_id(10);
+    let mut cur: ArrayRef = client.get_or_insert_array("a");
+    let mut accepted = 0;
+    for level in 1..=10 {
+        let before = client.transact().state_vector();
+        {
+            let mut txn = client.transact_mut();
+            cur = cur.insert(&mut txn, 0, ArrayPrelim::default());
+        }
+        let update = client.transact().encode_diff_v1(&before);
+        h.send(a, message::encode_update(&update));
+        if h.closed.contains_key(&a) {
+            assert_eq!(level, 9, "refused exactly past the limit");
+            break;
+        }
+        accepted = level;
+    }
+    assert_eq!(accepted, 8);
+    assert_eq!(h.closed.get(&a), Some(&1007));
+    assert_eq!(
+        h.logs[&doc_id("d")].events.len(),
+        8,
+        "the too-deep level is not persisted"
+    );
+
+    // After a reload the tracker is rebuilt from the log and still refuses the next level.
+    h.advance(Duration::from_secs(31));
+    assert!(!h.core.is_loaded(&doc_id("d")));
+    let b = h.open(2, "d", true);
+    // Re-send the refused level 9 from a fresh connection.
+    let server_sv = StateVector::decode_v1(&h.core_state_vector("d")).expect("sv");
+    let again = client.transact().encode_diff_v1(&server_sv);
+    h.send(b, message::encode_update(&again));
+    assert_eq!(h.closed.get(&b), Some(&1007));
 }

@@ -129,13 +129,7 @@ async fn commit(
     let mut out = Vec::with_capacity(reqs.len());
     for req in reqs {
         let stream = req.stream.to_string();
-        let current: Option<i64> = sqlx::query("SELECT epoch FROM owners WHERE stream = ?")
-            .bind(&stream)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(unavailable)?
-            .map(|r| r.get(0));
-        let current = Epoch(current.unwrap_or(0) as u64);
+        let current = current_epoch(&mut tx, &stream).await?;
         if current != req.epoch {
             out.push(Err(StoreError::StaleEpoch {
                 writer: req.epoch,
@@ -214,6 +208,20 @@ async fn commit(
     }
     tx.commit().await.map_err(unavailable)?;
     Ok(out)
+}
+
+/// The stream's current fencing epoch (0 when never acquired), read inside the writing transaction.
+async fn current_epoch(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    stream: &str,
+) -> Result<Epoch, StoreError> {
+    let current: Option<i64> = sqlx::query("SELECT epoch FROM owners WHERE stream = ?")
+        .bind(stream)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(unavailable)?
+        .map(|r| r.get(0));
+    Ok(Epoch(current.unwrap_or(0) as u64))
 }
 
 fn row_to_event(stream: &StreamId, row: &sqlx::sqlite::SqliteRow) -> Result<Event, StoreError> {
@@ -320,13 +328,7 @@ impl EventLog for SqliteLog {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(unavailable)?;
-        let current: Option<i64> = sqlx::query("SELECT epoch FROM owners WHERE stream = ?")
-            .bind(&name)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(unavailable)?
-            .map(|r| r.get(0));
-        let current = Epoch(current.unwrap_or(0) as u64);
+        let current = current_epoch(&mut tx, &name).await?;
         if current != epoch {
             return Err(StoreError::StaleEpoch {
                 writer: epoch,

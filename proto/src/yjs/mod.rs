@@ -22,6 +22,7 @@
 
 pub mod lib0;
 pub mod message;
+pub mod nesting;
 pub mod validate;
 
 pub use lib0::{Decoder, Encoder, WireError};
