@@ -64,6 +64,14 @@ impl Out {
     }
 }
 
+/// Whether the client masked the frame (fastwebsockets keeps the key but does not expose it directly;
+/// the header it would re-encode carries the mask bit).
+fn is_masked(frame: &mut Frame<'_>) -> bool {
+    let mut head = [0u8; 16];
+    frame.fmt_head(&mut head);
+    head[1] & 0x80 != 0
+}
+
 fn reason_for(code: u16) -> &'static str {
     match code {
         1001 => "going away",
@@ -196,7 +204,11 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
                         .inc();
                     code
                 };
+                let mut frame = frame;
+                // RFC 6455 §5.1: a server must close on a frame from the client that is not masked.
+                let masked = is_masked(&mut frame);
                 let message = match frame.opcode {
+                    _ if !masked => Err(refuse(1002)),
                     OpCode::Binary if partial.is_some() => Err(refuse(1002)),
                     OpCode::Binary if frame.fin => Ok(frame.payload.to_vec()),
                     OpCode::Binary => {
