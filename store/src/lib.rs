@@ -18,6 +18,7 @@
 
 pub mod error;
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use proto::event::{Bytes, DocumentUpdatedV1};
 use proto::{DocId, Epoch, EventPayload, NewEvent, Seq, ShardId, StreamId, UserId};
 use store::memory::MemoryLog;
+use store::postgres::PgLog;
 use store::sqlite::SqliteLog;
 use store::{AppendRequest, EventLog, Snapshot, StoreError};
 
@@ -35,8 +36,10 @@ fn req(s: &StreamId, epoch: Epoch, first: u64, events: Vec<NewEvent>) -> AppendR
 
 async fn contract(log: Arc<dyn EventLog>) {
     let shard = ShardId::parse("s1").expect("valid");
-    let a = stream("a");
-    let b = stream("b");
+    // Unique names, so the contract also runs against a long-lived PostgreSQL database.
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let a = stream(&format!("a-{run}"));
+    let b = stream(&format!("b-{run}"));
     let ea = log.acquire(&a, &shard).await.expect("acquire a");
     let eb = log.acquire(&b, &shard).await.expect("acquire b");
     assert_eq!(ea, Epoch(1));
@@ -165,4 +168,105 @@ async fn sqlite_group_commit_keeps_every_acked_event_once() {
             (1..=50).collect::<Vec<_>>()
         );
     }
+}
+
+/// The PostgreSQL service the test suite runs against (`scripts/test` makes sure it is up).
+fn database_url() -> String {
+    std::env::var("TANDEM_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_owned())
+}
+
+async fn pg() -> Arc<PgLog> {
+    Arc::new(PgLog::connect(&database_url()).await.unwrap_or_else(|e| {
+        panic!(
+            "PostgreSQL is required for this test ({}): {e}. Start it or set TANDEM_TEST_DATABASE_URL.",
+            database_url()
+        )
+    }))
+}
+
+#[tokio::test]
+async fn postgres_log_keeps_the_contract() {
+    contract(pg().await).await;
+}
+
+#[tokio::test]
+async fn postgres_group_commit_keeps_every_acked_event_once() {
+    let log = pg().await;
+    let shard = ShardId::parse("s1").expect("valid");
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let log = log.clone();
+        let s = stream(&format!("gc-{run}-{w}"));
+        let epoch = log.acquire(&s, &shard).await.expect("acquire");
+        tasks.push(tokio::spawn(async move {
+            for i in 1..=50u64 {
+                let r = log.append(vec![req(&s, epoch, i, vec![ev(i as u8)])]).await;
+                assert_eq!(r, vec![Ok(())]);
+            }
+            s
+        }));
+    }
+    for t in tasks {
+        let s = t.await.expect("writer task");
+        let evs = log.read(&s, Seq(0), 1000).await.expect("read");
+        assert_eq!(
+            evs.iter().map(|e| e.seq.0).collect::<Vec<_>>(),
+            (1..=50).collect::<Vec<_>>()
+        );
+    }
+}
+
+#[tokio::test]
+async fn postgres_fencing_refuses_a_stale_writer_racing_a_takeover() {
+    let log = pg().await;
+    let s = stream(&format!("fence-{}", uuid::Uuid::now_v7().simple()));
+    let old = log
+        .acquire(&s, &ShardId::parse("old").expect("valid"))
+        .await
+        .expect("acquire");
+    let writer = {
+        let log = log.clone();
+        let s = s.clone();
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 1..=200u64 {
+                match log
+                    .append(vec![req(&s, old, i, vec![ev(1)])])
+                    .await
+                    .remove(0)
+                {
+                    Ok(()) => acked.push(i),
+                    Err(e) => {
+                        assert!(e.is_fenced(), "{e}");
+                        break;
+                    }
+                }
+            }
+            acked
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let new = log
+        .acquire(&s, &ShardId::parse("new").expect("valid"))
+        .await
+        .expect("takeover");
+    assert!(new > old);
+    let acked = writer.await.expect("writer");
+    let stored = log.read(&s, Seq(0), 1000).await.expect("read");
+    assert_eq!(
+        stored.iter().map(|e| e.seq.0).collect::<Vec<_>>(),
+        acked,
+        "exactly the acked events"
+    );
+    assert!(stored.iter().all(|e| e.epoch == old));
+    // The new owner continues right after the last acked seq.
+    let next = acked.len() as u64 + 1;
+    assert_eq!(
+        log.append(vec![req(&s, new, next, vec![ev(2)])]).await,
+        vec![Ok(())]
+    );
+    let r = log.append(vec![req(&s, old, next + 1, vec![ev(3)])]).await;
+    assert!(matches!(r[0], Err(StoreError::StaleEpoch { .. })));
 }

@@ -21,6 +21,8 @@ pub struct DevConfig {
     pub data: PathBuf,
     /// In-process shards the documents are spread over.
     pub shards: usize,
+    /// PostgreSQL URL: use PostgreSQL as the event log instead of the embedded SQLite file.
+    pub database_url: Option<String>,
     /// Edge settings.
     pub gateway: GatewayConfig,
     /// Shard settings.
@@ -33,6 +35,7 @@ impl Default for DevConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 1234)),
             data: PathBuf::from(".tandem"),
             shards: 2,
+            database_url: None,
             gateway: GatewayConfig::default(),
             shard: CoreConfig::default(),
         }
@@ -54,6 +57,10 @@ pub struct DevOpts {
     /// Number of in-process shards [default: 2].
     #[arg(long, env = "TANDEM_SHARDS")]
     pub shards: Option<usize>,
+    /// PostgreSQL URL (e.g. postgres://user@127.0.0.1:5432/tandem): the event log lives there instead of
+    /// the embedded SQLite file; migrations are applied on start.
+    #[arg(long, env = "TANDEM_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
     /// HS256 secret: enables JWT auth (and turns anonymous access off).
     #[arg(long, env = "TANDEM_JWT_HS256_SECRET", hide_env_values = true)]
     pub jwt_hs256_secret: Option<String>,
@@ -122,6 +129,9 @@ impl DevOpts {
         }
         if let Some(v) = self.shards {
             c.shards = v;
+        }
+        if let Some(v) = self.database_url {
+            c.database_url = Some(v);
         }
         if let Some(v) = self.jwt_hs256_secret {
             c.gateway.auth.hs256_secret = Some(v);

@@ -6,6 +6,7 @@ use anyhow::Context;
 use gateway::{Gateway, Routes};
 use proto::ShardId;
 use shard::metrics::Metrics;
+use store::postgres::PgLog;
 use store::sqlite::SqliteLog;
 use store::EventLog;
 use tokio::net::TcpListener;
@@ -14,24 +15,12 @@ use crate::config::DevConfig;
 
 /// Runs until Ctrl-C / SIGTERM, then closes every connection, commits everything and returns.
 pub async fn run(cfg: DevConfig) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.data)
-        .with_context(|| format!("creating data folder {}", cfg.data.display()))?;
-    let db = cfg.data.join("tandem.db");
-    let store = Arc::new(
-        SqliteLog::open(&db)
-            .await
-            .with_context(|| format!("opening {}", db.display()))?,
-    );
+    let store = Store::open(&cfg).await?;
     let metrics = Metrics::new();
     let shards: Vec<_> = (0..cfg.shards)
         .map(|i| {
             let id = ShardId::parse(&format!("dev-{i}")).expect("dev shard ids are valid");
-            shard::driver::spawn(
-                id,
-                cfg.shard.clone(),
-                store.clone() as Arc<dyn EventLog>,
-                metrics.clone(),
-            )
+            shard::driver::spawn(id, cfg.shard.clone(), store.log(), metrics.clone())
         })
         .collect();
     if cfg.gateway.auth.allow_anonymous {
@@ -64,6 +53,46 @@ pub async fn run(cfg: DevConfig) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// The event log `tandem dev` runs on.
+enum Store {
+    Sqlite(Arc<SqliteLog>),
+    Postgres(Arc<PgLog>),
+}
+
+impl Store {
+    async fn open(cfg: &DevConfig) -> anyhow::Result<Self> {
+        if let Some(url) = &cfg.database_url {
+            let log = PgLog::connect(url)
+                .await
+                .context("connecting to PostgreSQL (--database-url)")?;
+            tracing::info!("event log: PostgreSQL");
+            return Ok(Self::Postgres(Arc::new(log)));
+        }
+        std::fs::create_dir_all(&cfg.data)
+            .with_context(|| format!("creating data folder {}", cfg.data.display()))?;
+        let db = cfg.data.join("tandem.db");
+        let log = SqliteLog::open(&db)
+            .await
+            .with_context(|| format!("opening {}", db.display()))?;
+        tracing::info!(file = %db.display(), "event log: embedded SQLite");
+        Ok(Self::Sqlite(Arc::new(log)))
+    }
+
+    fn log(&self) -> Arc<dyn EventLog> {
+        match self {
+            Self::Sqlite(l) => l.clone(),
+            Self::Postgres(l) => l.clone(),
+        }
+    }
+
+    async fn close(&self) {
+        match self {
+            Self::Sqlite(l) => l.close().await,
+            Self::Postgres(l) => l.close().await,
+        }
+    }
 }
 
 async fn shutdown_signal() {

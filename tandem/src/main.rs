@@ -26,6 +26,12 @@ enum Cmd {
     Dev(Box<config::DevOpts>),
     /// Mints an HS256 token for local use.
     Token(TokenOpts),
+    /// Applies the PostgreSQL migrations and exits (`tandem dev --database-url` also does on start).
+    Migrate {
+        /// PostgreSQL URL.
+        #[arg(long, env = "TANDEM_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -78,6 +84,18 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Token(o) => token(o),
+        Cmd::Migrate { database_url } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the tokio runtime")?
+            .block_on(async {
+                let log = store::postgres::PgLog::connect(&database_url)
+                    .await
+                    .context("connecting to PostgreSQL")?;
+                log.close().await;
+                println!("migrations applied");
+                anyhow::Ok(())
+            }),
         Cmd::Dev(o) => {
             tracing_subscriber::fmt()
                 .with_env_filter(

@@ -1,0 +1,389 @@
+//! The PostgreSQL backend: the system of record.
+//!
+//! Every connection runs with `synchronous_commit = on`, so a commit returns only once the WAL is
+//! flushed. One writer task takes every append waiting in its queue and commits them in one transaction
+//! (group commit): many documents' appends share one WAL flush.
+//!
+//! Fencing and ordering are enforced by the database in the statement that writes: an append first runs
+//! `UPDATE owners SET last_seq = … WHERE stream = … AND epoch = … AND last_seq = first_seq - 1`, which
+//! takes the owner row's lock, so a concurrent takeover (`epoch = epoch + 1`) is ordered before or after
+//! it, never interleaved; zero rows updated means a stale epoch or a seq conflict, and nothing is written.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use proto::{Epoch, Event, EventPayload, EventType, Seq, ShardId, StreamId, UserId};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgPool, Row};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{AppendRequest, EventLog, Loaded, Snapshot, StoreError};
+
+/// Migrations, in order: (version, SQL). Applied by [`PgLog::migrate`] under an advisory lock.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_events.sql"))];
+
+/// How many snapshots per stream are kept.
+const SNAPSHOTS_KEPT: i64 = 2;
+
+type Reply = oneshot::Sender<Vec<Result<(), StoreError>>>;
+
+/// The PostgreSQL event log.
+pub struct PgLog {
+    pool: PgPool,
+    writer: mpsc::Sender<(Vec<AppendRequest>, Reply)>,
+}
+
+fn unavailable(e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl PgLog {
+    /// Connects (`url` like `postgres://user@host:5432/db`), applies migrations and starts the writer.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let opts = PgConnectOptions::from_str(url)
+            .map_err(unavailable)?
+            .options([("synchronous_commit", "on")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(opts)
+            .await
+            .map_err(unavailable)?;
+        Self::migrate(&pool).await?;
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(writer_loop(pool.clone(), rx));
+        Ok(Self { pool, writer: tx })
+    }
+
+    /// Applies pending migrations (idempotent; safe to run from several processes at once).
+    pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+        let mut tx = pool.begin().await.map_err(unavailable)?;
+        // One migrator at a time across processes.
+        sqlx::query("SELECT pg_advisory_xact_lock(7431001)")
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS tandem_migrations (version BIGINT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        for (version, sql) in MIGRATIONS {
+            let done: Option<i64> =
+                sqlx::query("SELECT version FROM tandem_migrations WHERE version = $1")
+                    .bind(version)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(unavailable)?
+                    .map(|r| r.get(0));
+            if done.is_none() {
+                sqlx::raw_sql(*sql)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                sqlx::query("INSERT INTO tandem_migrations (version) VALUES ($1)")
+                    .bind(version)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+            }
+        }
+        tx.commit().await.map_err(unavailable)
+    }
+
+    /// The connection pool (tools and tests).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+async fn writer_loop(pool: PgPool, mut rx: mpsc::Receiver<(Vec<AppendRequest>, Reply)>) {
+    let mut pending = Vec::new();
+    while let Some(first) = rx.recv().await {
+        pending.push(first);
+        while pending.len() < 1024 {
+            match rx.try_recv() {
+                Ok(more) => pending.push(more),
+                Err(_) => break,
+            }
+        }
+        let groups: Vec<(Vec<AppendRequest>, Reply)> = std::mem::take(&mut pending);
+        let flat: Vec<&AppendRequest> = groups.iter().flat_map(|(b, _)| b.iter()).collect();
+        let results = match commit(&pool, &flat).await {
+            Ok(r) => r,
+            // The transaction did not commit: nothing of this batch is durable, nothing is acked.
+            Err(e) => vec![Err(e); flat.len()],
+        };
+        let mut it = results.into_iter();
+        for (batch, reply) in groups {
+            let mine: Vec<_> = it.by_ref().take(batch.len()).collect();
+            let _ = reply.send(mine);
+        }
+    }
+}
+
+async fn commit(
+    pool: &PgPool,
+    reqs: &[&AppendRequest],
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let mut tx = pool.begin().await.map_err(unavailable)?;
+    let mut out = Vec::with_capacity(reqs.len());
+    for req in reqs {
+        let stream = req.stream.to_string();
+        let n = req.events.len() as u64;
+        if n == 0 {
+            out.push(Ok(()));
+            continue;
+        }
+        sqlx::query("SAVEPOINT req")
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let moved = sqlx::query(
+            "UPDATE owners SET last_seq = $4 WHERE stream = $1 AND epoch = $2 AND last_seq = $3",
+        )
+        .bind(&stream)
+        .bind(to_i64(req.epoch.0))
+        .bind(to_i64(req.first_seq.0.saturating_sub(1)))
+        .bind(to_i64(req.first_seq.0 + n - 1))
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
+        if moved != 1 {
+            let row = sqlx::query("SELECT epoch, last_seq FROM owners WHERE stream = $1")
+                .bind(&stream)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            let (epoch, last) = row
+                .map(|r| (r.get::<i64, _>(0) as u64, r.get::<i64, _>(1) as u64))
+                .unwrap_or((0, 0));
+            sqlx::query("RELEASE req")
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            out.push(Err(if Epoch(epoch) != req.epoch {
+                StoreError::StaleEpoch {
+                    writer: req.epoch,
+                    current: Epoch(epoch),
+                }
+            } else {
+                StoreError::SeqConflict {
+                    expected: Seq(last).next(),
+                    got: req.first_seq,
+                }
+            }));
+            continue;
+        }
+        let mut seqs = Vec::new();
+        let mut ids = Vec::new();
+        let mut types = Vec::new();
+        let mut versions = Vec::new();
+        let mut actors = Vec::new();
+        let mut tss = Vec::new();
+        let mut traces: Vec<Option<String>> = Vec::new();
+        let mut payloads = Vec::new();
+        for (i, e) in req.events.iter().enumerate() {
+            let ty = e.payload.event_type();
+            seqs.push(to_i64(req.first_seq.0 + i as u64));
+            ids.push(e.id);
+            types.push(ty.name().to_owned());
+            versions.push(i16::try_from(ty.version()).unwrap_or(i16::MAX));
+            actors.push(e.actor.as_str().to_owned());
+            tss.push(e.ts);
+            traces.push(e.trace.clone());
+            payloads.push(e.payload.to_stored());
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO events (stream, seq, epoch, id, type, version, actor, ts, trace, payload) \
+             SELECT $1, s, $2, i, t, v, a, ts, tr, p FROM UNNEST($3::bigint[], $4::uuid[], $5::text[], \
+             $6::smallint[], $7::text[], $8::bigint[], $9::text[], $10::bytea[]) AS x(s, i, t, v, a, ts, tr, p)",
+        )
+        .bind(&stream)
+        .bind(to_i64(req.epoch.0))
+        .bind(&seqs)
+        .bind(&ids)
+        .bind(&types)
+        .bind(&versions)
+        .bind(&actors)
+        .bind(&tss)
+        .bind(&traces)
+        .bind(&payloads)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {
+                sqlx::query("RELEASE req")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                out.push(Ok(()));
+            }
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                // Undoes the owner row's move too: the request wrote nothing.
+                sqlx::query("ROLLBACK TO req")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                sqlx::query("RELEASE req")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                out.push(Err(StoreError::Duplicate));
+            }
+            Err(e) => return Err(unavailable(e)),
+        }
+    }
+    tx.commit().await.map_err(unavailable)?;
+    Ok(out)
+}
+
+fn row_to_event(stream: &StreamId, row: &PgRow) -> Result<Event, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(what.to_owned());
+    let ty: String = row.try_get("type").map_err(|_| corrupt("type"))?;
+    let ty = EventType::from_name(&ty).map_err(|_| corrupt("type"))?;
+    let version: i16 = row.try_get("version").map_err(|_| corrupt("version"))?;
+    let version = u16::try_from(version).map_err(|_| corrupt("version"))?;
+    let payload: Vec<u8> = row.try_get("payload").map_err(|_| corrupt("payload"))?;
+    let actor: String = row.try_get("actor").map_err(|_| corrupt("actor"))?;
+    Ok(Event {
+        id: row.try_get("id").map_err(|_| corrupt("id"))?,
+        version,
+        stream: stream.clone(),
+        seq: Seq(row.try_get::<i64, _>("seq").map_err(|_| corrupt("seq"))? as u64),
+        epoch: Epoch(
+            row.try_get::<i64, _>("epoch")
+                .map_err(|_| corrupt("epoch"))? as u64,
+        ),
+        actor: UserId::parse(&actor).map_err(|_| corrupt("actor"))?,
+        ts: row.try_get("ts").map_err(|_| corrupt("ts"))?,
+        trace: row.try_get("trace").map_err(|_| corrupt("trace"))?,
+        payload: EventPayload::from_stored(ty, version, &payload)
+            .map_err(|_| corrupt("payload"))?,
+    })
+}
+
+#[async_trait]
+impl EventLog for PgLog {
+    async fn acquire(&self, stream: &StreamId, shard: &ShardId) -> Result<Epoch, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO owners (stream, epoch, shard, last_seq) \
+             VALUES ($1, 1, $2, COALESCE((SELECT MAX(seq) FROM events WHERE stream = $1), 0)) \
+             ON CONFLICT (stream) DO UPDATE SET epoch = owners.epoch + 1, shard = EXCLUDED.shard \
+             RETURNING epoch",
+        )
+        .bind(stream.to_string())
+        .bind(shard.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(Epoch(row.get::<i64, _>(0) as u64))
+    }
+
+    async fn append(&self, batch: Vec<AppendRequest>) -> Vec<Result<(), StoreError>> {
+        let n = batch.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let closed = || vec![Err(StoreError::Unavailable("writer stopped".into())); n];
+        let (tx, rx) = oneshot::channel();
+        if self.writer.send((batch, tx)).await.is_err() {
+            return closed();
+        }
+        rx.await.unwrap_or_else(|_| closed())
+    }
+
+    async fn load(&self, stream: &StreamId) -> Result<Loaded, StoreError> {
+        let snap = sqlx::query(
+            "SELECT seq, state FROM snapshots WHERE stream = $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(stream.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let snapshot = snap.map(|r| Snapshot {
+            seq: Seq(r.get::<i64, _>(0) as u64),
+            state: r.get(1),
+        });
+        let after = snapshot.as_ref().map(|s| s.seq).unwrap_or_default();
+        let tail = self.read(stream, after, usize::MAX).await?;
+        Ok(Loaded { snapshot, tail })
+    }
+
+    async fn read(
+        &self,
+        stream: &StreamId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, epoch, id, type, version, actor, ts, trace, payload FROM events \
+             WHERE stream = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(stream.to_string())
+        .bind(to_i64(after.0))
+        .bind(to_i64(limit as u64))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(|r| row_to_event(stream, r)).collect()
+    }
+
+    async fn write_snapshot(
+        &self,
+        stream: &StreamId,
+        epoch: Epoch,
+        snapshot: Snapshot,
+    ) -> Result<(), StoreError> {
+        let name = stream.to_string();
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        // Locks the owner row: a takeover cannot slip in between the check and the write.
+        let current: Option<i64> =
+            sqlx::query("SELECT epoch FROM owners WHERE stream = $1 FOR UPDATE")
+                .bind(&name)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(unavailable)?
+                .map(|r| r.get(0));
+        let current = Epoch(current.unwrap_or(0) as u64);
+        if current != epoch {
+            return Err(StoreError::StaleEpoch {
+                writer: epoch,
+                current,
+            });
+        }
+        sqlx::query(
+            "INSERT INTO snapshots (stream, seq, epoch, state) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (stream, seq) DO UPDATE SET state = EXCLUDED.state, epoch = EXCLUDED.epoch",
+        )
+        .bind(&name)
+        .bind(to_i64(snapshot.seq.0))
+        .bind(to_i64(epoch.0))
+        .bind(&snapshot.state)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        sqlx::query(
+            "DELETE FROM snapshots WHERE stream = $1 AND seq NOT IN \
+             (SELECT seq FROM snapshots WHERE stream = $1 ORDER BY seq DESC LIMIT $2)",
+        )
+        .bind(&name)
+        .bind(SNAPSHOTS_KEPT)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
+    }
+}
