@@ -8,7 +8,8 @@
 //! * `seq` is gap-free: a request must start exactly at the stream's next seq ([`StoreError::SeqConflict`]).
 //!   That check, made inside the committing transaction, is what keeps a log gap-free when an earlier
 //!   append failed while later ones were already queued.
-//! * Event ids are unique; re-appending an already committed id is reported as [`StoreError::Duplicate`].
+//! * Event ids are unique. Re-appending a request whose events are all committed at exactly those seqs
+//!   (a retry) succeeds as a no-op; any other reuse of an id is refused with [`StoreError::Duplicate`].
 //!
 //! Backends: [`sqlite::SqliteLog`] (the embedded default of `tandem dev`, with group commit) and
 //! [`memory::MemoryLog`] (unit tests and simulations). PostgreSQL and Redis Streams come with the event

@@ -71,6 +71,15 @@ impl EventLog for MemoryLog {
             .iter()
             .map(|req| {
                 let s = streams.entry(req.stream.clone()).or_default();
+                let retried = !req.events.is_empty()
+                    && req.events.iter().enumerate().all(|(i, e)| {
+                        s.events
+                            .iter()
+                            .any(|x| x.id == e.id && x.seq.0 == req.first_seq.0 + i as u64)
+                    });
+                if retried {
+                    return Ok(());
+                }
                 if s.epoch != req.epoch {
                     return Err(StoreError::StaleEpoch {
                         writer: req.epoch,

@@ -162,6 +162,23 @@ async fn commit(
         .map_err(unavailable)?
         .rows_affected();
         if moved != 1 {
+            // A retry of an append that committed is a no-op, not a duplicate.
+            let ids: Vec<uuid::Uuid> = req.events.iter().map(|e| e.id).collect();
+            let found: i64 = sqlx::query(
+                "SELECT COUNT(*) FROM events e JOIN UNNEST($2::uuid[]) WITH ORDINALITY AS x(id, n)                  ON e.id = x.id WHERE e.stream = $1 AND e.seq = $3 + x.n - 1",
+            )
+            .bind(&stream)
+            .bind(&ids)
+            .bind(to_i64(req.first_seq.0))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(unavailable)?
+            .get(0);
+            if found == ids.len() as i64 {
+                sqlx::query("RELEASE req").execute(&mut *tx).await.map_err(unavailable)?;
+                out.push(Ok(()));
+                continue;
+            }
             let row = sqlx::query("SELECT epoch, last_seq FROM owners WHERE stream = $1")
                 .bind(&stream)
                 .fetch_optional(&mut *tx)

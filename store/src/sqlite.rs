@@ -129,6 +129,11 @@ async fn commit(
     let mut out = Vec::with_capacity(reqs.len());
     for req in reqs {
         let stream = req.stream.to_string();
+        if already_committed(&mut tx, &stream, req).await? {
+            // A retry of an append that committed: a no-op, not a duplicate.
+            out.push(Ok(()));
+            continue;
+        }
         let current = current_epoch(&mut tx, &stream).await?;
         if current != req.epoch {
             out.push(Err(StoreError::StaleEpoch {
@@ -208,6 +213,41 @@ async fn commit(
     }
     tx.commit().await.map_err(unavailable)?;
     Ok(out)
+}
+
+/// Whether every event of `req` is already in the log at exactly its seq (a retried append).
+async fn already_committed(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    stream: &str,
+    req: &AppendRequest,
+) -> Result<bool, StoreError> {
+    let Some(first) = req.events.first() else {
+        return Ok(false);
+    };
+    // Cheap common case: the first id is not there, so this is not a retry.
+    let seq: Option<i64> = sqlx::query("SELECT seq FROM events WHERE id = ? AND stream = ?")
+        .bind(&first.id.as_bytes()[..])
+        .bind(stream)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(unavailable)?
+        .map(|r| r.get(0));
+    if seq != Some(to_i64(req.first_seq.0)) {
+        return Ok(false);
+    }
+    for (i, e) in req.events.iter().enumerate().skip(1) {
+        let seq: Option<i64> = sqlx::query("SELECT seq FROM events WHERE id = ? AND stream = ?")
+            .bind(&e.id.as_bytes()[..])
+            .bind(stream)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(unavailable)?
+            .map(|r| r.get(0));
+        if seq != Some(to_i64(req.first_seq.0 + i as u64)) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// The stream's current fencing epoch (0 when never acquired), read inside the writing transaction.
