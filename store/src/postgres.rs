@@ -175,7 +175,10 @@ async fn commit(
             .map_err(unavailable)?
             .get(0);
             if found == ids.len() as i64 {
-                sqlx::query("RELEASE req").execute(&mut *tx).await.map_err(unavailable)?;
+                sqlx::query("RELEASE req")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
                 out.push(Ok(()));
                 continue;
             }

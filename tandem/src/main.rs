@@ -5,6 +5,7 @@
 
 mod config;
 mod dev;
+mod events;
 
 use std::collections::BTreeMap;
 
@@ -26,6 +27,9 @@ enum Cmd {
     Dev(Box<config::DevOpts>),
     /// Mints an HS256 token for local use.
     Token(TokenOpts),
+    /// The event log for humans: show, tail, replay (time travel), verify.
+    #[command(subcommand)]
+    Events(events::EventsCmd),
     /// Applies the PostgreSQL migrations and exits (`tandem dev --database-url` also does on start).
     Migrate {
         /// PostgreSQL URL.
@@ -84,6 +88,11 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Token(o) => token(o),
+        Cmd::Events(cmd) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the tokio runtime")?
+            .block_on(events::run(cmd)),
         Cmd::Migrate { database_url } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
