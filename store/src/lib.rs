@@ -17,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bus;
 pub mod error;
 pub mod memory;
 pub mod postgres;

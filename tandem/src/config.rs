@@ -23,6 +23,8 @@ pub struct DevConfig {
     pub shards: usize,
     /// PostgreSQL URL: use PostgreSQL as the event log instead of the embedded SQLite file.
     pub database_url: Option<String>,
+    /// Redis URL: publish committed events to Redis Streams (the bus; never the ack gate).
+    pub redis_url: Option<String>,
     /// Edge settings.
     pub gateway: GatewayConfig,
     /// Shard settings.
@@ -36,6 +38,7 @@ impl Default for DevConfig {
             data: PathBuf::from(".tandem"),
             shards: 2,
             database_url: None,
+            redis_url: None,
             gateway: GatewayConfig::default(),
             shard: CoreConfig::default(),
         }
@@ -61,6 +64,10 @@ pub struct DevOpts {
     /// the embedded SQLite file; migrations are applied on start.
     #[arg(long, env = "TANDEM_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Redis URL (e.g. redis://127.0.0.1:6379): committed events are published to Redis Streams
+    /// (`tandem:{doc:ID}` per document, `tandem:feed` for consumers).
+    #[arg(long, env = "TANDEM_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
     /// HS256 secret: enables JWT auth (and turns anonymous access off).
     #[arg(long, env = "TANDEM_JWT_HS256_SECRET", hide_env_values = true)]
     pub jwt_hs256_secret: Option<String>,
@@ -132,6 +139,9 @@ impl DevOpts {
         }
         if let Some(v) = self.database_url {
             c.database_url = Some(v);
+        }
+        if let Some(v) = self.redis_url {
+            c.redis_url = Some(v);
         }
         if let Some(v) = self.jwt_hs256_secret {
             c.gateway.auth.hs256_secret = Some(v);

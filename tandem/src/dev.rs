@@ -6,6 +6,7 @@ use anyhow::Context;
 use gateway::{Gateway, Routes};
 use proto::ShardId;
 use shard::metrics::Metrics;
+use store::bus::{BusConfig, BusLog};
 use store::postgres::PgLog;
 use store::sqlite::SqliteLog;
 use store::EventLog;
@@ -55,13 +56,46 @@ pub async fn run(cfg: DevConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The event log `tandem dev` runs on.
-enum Store {
+/// The event log `tandem dev` runs on (the record), optionally published to the Redis bus.
+struct Store {
+    record: Record,
+    bus: Option<Arc<BusLog>>,
+}
+
+enum Record {
     Sqlite(Arc<SqliteLog>),
     Postgres(Arc<PgLog>),
 }
 
 impl Store {
+    async fn open(cfg: &DevConfig) -> anyhow::Result<Self> {
+        let record = Record::open(cfg).await?;
+        let bus = match &cfg.redis_url {
+            Some(url) => {
+                let bus = BusLog::connect(record.log(), BusConfig::new(url.clone()))
+                    .await
+                    .context("connecting to Redis (--redis-url)")?;
+                tracing::info!("event bus: Redis Streams");
+                Some(Arc::new(bus))
+            }
+            None => None,
+        };
+        Ok(Self { record, bus })
+    }
+
+    fn log(&self) -> Arc<dyn EventLog> {
+        match &self.bus {
+            Some(b) => b.clone(),
+            None => self.record.log(),
+        }
+    }
+
+    async fn close(&self) {
+        self.record.close().await;
+    }
+}
+
+impl Record {
     async fn open(cfg: &DevConfig) -> anyhow::Result<Self> {
         if let Some(url) = &cfg.database_url {
             let log = PgLog::connect(url)
