@@ -40,8 +40,11 @@ fn ev(i: u64) -> NewEvent {
     }
 }
 
+/// An XRANGE entry: its id and field/value pairs.
+type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
 async fn stream_seqs(con: &mut redis::aio::MultiplexedConnection, stream: &StreamId) -> Vec<u64> {
-    let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+    let entries: Vec<StreamEntry> = redis::cmd("XRANGE")
         .arg(stream_key(stream))
         .arg("-")
         .arg("+")
