@@ -6,6 +6,7 @@
 mod config;
 mod dev;
 mod events;
+mod webhooks;
 
 use std::collections::BTreeMap;
 
@@ -30,6 +31,8 @@ enum Cmd {
     /// The event log for humans: show, tail, replay (time travel), verify.
     #[command(subcommand)]
     Events(events::EventsCmd),
+    /// Delivers bus events to an HTTP endpoint (signed, retried, dead-lettered).
+    Webhooks(webhooks::WebhookOpts),
     /// Applies the PostgreSQL migrations and exits (`tandem dev --database-url` also does on start).
     Migrate {
         /// PostgreSQL URL.
@@ -88,6 +91,20 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Token(o) => token(o),
+        Cmd::Webhooks(o) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?
+                .block_on(webhooks::run(o))
+        }
         Cmd::Events(cmd) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
