@@ -1,7 +1,6 @@
 //! The load engineers' bench harness (`cargo run -p bench --release -- …`).
 //!
-//! Empty on purpose: the bench-harness issue fills this crate (doc fan-out, idle connections, side by
-//! side with Hocuspocus and y-websocket-server). Until then `web/bench/fanout.mjs` gives a quick
-//! propagation measurement with stock y-websocket clients.
+//! Today: `store-append` (the event log's durable append throughput and latency). The bench-harness
+//! issue adds the client-facing scenarios (doc fan-out, idle connections, peers side by side).
 
 #![forbid(unsafe_code)]

@@ -45,6 +45,12 @@ fn to_i64(v: u64) -> i64 {
 impl PgLog {
     /// Connects (`url` like `postgres://user@host:5432/db`), applies migrations and starts the writer.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, true).await
+    }
+
+    /// Like [`PgLog::connect`]; `group_commit = false` commits every append call in its own
+    /// transaction (for measuring what group commit buys).
+    pub async fn connect_with(url: &str, group_commit: bool) -> Result<Self, StoreError> {
         let opts = PgConnectOptions::from_str(url)
             .map_err(unavailable)?
             .options([("synchronous_commit", "on")]);
@@ -56,7 +62,11 @@ impl PgLog {
             .map_err(unavailable)?;
         Self::migrate(&pool).await?;
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(writer_loop(pool.clone(), rx));
+        tokio::spawn(writer_loop(
+            pool.clone(),
+            rx,
+            if group_commit { 1024 } else { 1 },
+        ));
         Ok(Self { pool, writer: tx })
     }
 
@@ -108,11 +118,15 @@ impl PgLog {
     }
 }
 
-async fn writer_loop(pool: PgPool, mut rx: mpsc::Receiver<(Vec<AppendRequest>, Reply)>) {
+async fn writer_loop(
+    pool: PgPool,
+    mut rx: mpsc::Receiver<(Vec<AppendRequest>, Reply)>,
+    max_batch: usize,
+) {
     let mut pending = Vec::new();
     while let Some(first) = rx.recv().await {
         pending.push(first);
-        while pending.len() < 1024 {
+        while pending.len() < max_batch {
             match rx.try_recv() {
                 Ok(more) => pending.push(more),
                 Err(_) => break,
@@ -137,64 +151,154 @@ async fn commit(
     pool: &PgPool,
     reqs: &[&AppendRequest],
 ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let mut out: Vec<Option<Result<(), StoreError>>> = vec![None; reqs.len()];
     let mut tx = pool.begin().await.map_err(unavailable)?;
-    let mut out = Vec::with_capacity(reqs.len());
-    for req in reqs {
-        let stream = req.stream.to_string();
-        let n = req.events.len() as u64;
-        if n == 0 {
-            out.push(Ok(()));
-            continue;
-        }
-        sqlx::query("SAVEPOINT req")
-            .execute(&mut *tx)
+    // Rounds of at most one request per stream, in order: a stream's later request builds on the
+    // earlier one's seqs. Each round costs three statements whatever its size.
+    let mut remaining: Vec<usize> = (0..reqs.len()).collect();
+    while !remaining.is_empty() {
+        let mut seen = std::collections::HashSet::new();
+        let (round, rest): (Vec<usize>, Vec<usize>) = remaining
+            .iter()
+            .partition(|&&i| seen.insert(&reqs[i].stream));
+        remaining = rest;
+        commit_round(&mut tx, reqs, &round, &mut out).await?;
+    }
+    tx.commit().await.map_err(unavailable)?;
+    Ok(out.into_iter().map(|r| r.unwrap_or(Ok(()))).collect())
+}
+
+/// One round: requests on distinct streams, appended with one fencing UPDATE and one INSERT.
+async fn commit_round(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    reqs: &[&AppendRequest],
+    round: &[usize],
+    out: &mut [Option<Result<(), StoreError>>],
+) -> Result<(), StoreError> {
+    use std::collections::{HashMap, HashSet};
+    // 1. Ids already in the log: a retry of a committed append is a no-op; any other reuse is refused.
+    let ids: Vec<uuid::Uuid> = round
+        .iter()
+        .flat_map(|&i| reqs[i].events.iter().map(|e| e.id))
+        .collect();
+    let existing: Vec<(uuid::Uuid, String, i64)> =
+        sqlx::query_as("SELECT id, stream, seq FROM events WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&mut **tx)
             .await
             .map_err(unavailable)?;
-        let moved = sqlx::query(
-            "UPDATE owners SET last_seq = $4 WHERE stream = $1 AND epoch = $2 AND last_seq = $3",
+    let existing: HashMap<uuid::Uuid, (String, i64)> = existing
+        .into_iter()
+        .map(|(id, st, seq)| (id, (st, seq)))
+        .collect();
+    let mut batch_ids = HashSet::new();
+    let mut live = Vec::new();
+    for &i in round {
+        let req = reqs[i];
+        if req.events.is_empty() {
+            out[i] = Some(Ok(()));
+            continue;
+        }
+        let stream = req.stream.to_string();
+        let retried = req.events.iter().enumerate().all(|(k, e)| {
+            existing.get(&e.id) == Some(&(stream.clone(), to_i64(req.first_seq.0 + k as u64)))
+        });
+        if retried {
+            out[i] = Some(Ok(()));
+        } else if req
+            .events
+            .iter()
+            .any(|e| existing.contains_key(&e.id) || !batch_ids.insert(e.id))
+        {
+            out[i] = Some(Err(StoreError::Duplicate));
+        } else {
+            live.push(i);
+        }
+    }
+    if live.is_empty() {
+        return Ok(());
+    }
+    // 2. Fencing and ordering in the writing statement itself: it takes the owner rows' locks.
+    let streams: Vec<String> = live.iter().map(|&i| reqs[i].stream.to_string()).collect();
+    let epochs: Vec<i64> = live.iter().map(|&i| to_i64(reqs[i].epoch.0)).collect();
+    let prevs: Vec<i64> = live
+        .iter()
+        .map(|&i| to_i64(reqs[i].first_seq.0.saturating_sub(1)))
+        .collect();
+    let lasts: Vec<i64> = live
+        .iter()
+        .map(|&i| to_i64(reqs[i].first_seq.0 + reqs[i].events.len() as u64 - 1))
+        .collect();
+    let moved: Vec<(String,)> = sqlx::query_as(
+        "UPDATE owners o SET last_seq = v.last \
+         FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) AS v(stream, epoch, prev, last) \
+         WHERE o.stream = v.stream AND o.epoch = v.epoch AND o.last_seq = v.prev RETURNING o.stream",
+    )
+    .bind(&streams)
+    .bind(&epochs)
+    .bind(&prevs)
+    .bind(&lasts)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(unavailable)?;
+    let moved: HashSet<String> = moved.into_iter().map(|(s,)| s).collect();
+    // 3. The events of every request that passed, in one INSERT.
+    let mut cols = Columns::default();
+    for &i in &live {
+        let req = reqs[i];
+        let name = req.stream.to_string();
+        if !moved.contains(&name) {
+            continue;
+        }
+        for (k, e) in req.events.iter().enumerate() {
+            cols.push(&name, req.epoch.0, req.first_seq.0 + k as u64, e);
+        }
+        out[i] = Some(Ok(()));
+    }
+    if !cols.ids.is_empty() {
+        sqlx::query(
+            "INSERT INTO events (stream, seq, epoch, id, type, version, actor, ts, trace, payload) \
+             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::uuid[], $5::text[], \
+             $6::smallint[], $7::text[], $8::bigint[], $9::text[], $10::bytea[])",
         )
-        .bind(&stream)
-        .bind(to_i64(req.epoch.0))
-        .bind(to_i64(req.first_seq.0.saturating_sub(1)))
-        .bind(to_i64(req.first_seq.0 + n - 1))
-        .execute(&mut *tx)
+        .bind(&cols.streams)
+        .bind(&cols.seqs)
+        .bind(&cols.epochs)
+        .bind(&cols.ids)
+        .bind(&cols.types)
+        .bind(&cols.versions)
+        .bind(&cols.actors)
+        .bind(&cols.tss)
+        .bind(&cols.traces)
+        .bind(&cols.payloads)
+        .execute(&mut **tx)
         .await
-        .map_err(unavailable)?
-        .rows_affected();
-        if moved != 1 {
-            // A retry of an append that committed is a no-op, not a duplicate.
-            let ids: Vec<uuid::Uuid> = req.events.iter().map(|e| e.id).collect();
-            let found: i64 = sqlx::query(
-                "SELECT COUNT(*) FROM events e JOIN UNNEST($2::uuid[]) WITH ORDINALITY AS x(id, n)                  ON e.id = x.id WHERE e.stream = $1 AND e.seq = $3 + x.n - 1",
-            )
-            .bind(&stream)
-            .bind(&ids)
-            .bind(to_i64(req.first_seq.0))
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(unavailable)?
-            .get(0);
-            if found == ids.len() as i64 {
-                sqlx::query("RELEASE req")
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
-                out.push(Ok(()));
-                continue;
-            }
-            let row = sqlx::query("SELECT epoch, last_seq FROM owners WHERE stream = $1")
-                .bind(&stream)
-                .fetch_optional(&mut *tx)
+        .map_err(unavailable)?;
+    }
+    // Why the others were refused.
+    let refused: Vec<usize> = live.iter().copied().filter(|&i| out[i].is_none()).collect();
+    if !refused.is_empty() {
+        let names: Vec<String> = refused
+            .iter()
+            .map(|&i| reqs[i].stream.to_string())
+            .collect();
+        let rows: Vec<(String, i64, i64)> =
+            sqlx::query_as("SELECT stream, epoch, last_seq FROM owners WHERE stream = ANY($1)")
+                .bind(&names)
+                .fetch_all(&mut **tx)
                 .await
                 .map_err(unavailable)?;
-            let (epoch, last) = row
-                .map(|r| (r.get::<i64, _>(0) as u64, r.get::<i64, _>(1) as u64))
+        let state: HashMap<String, (u64, u64)> = rows
+            .into_iter()
+            .map(|(s, e, l)| (s, (e as u64, l as u64)))
+            .collect();
+        for i in refused {
+            let req = reqs[i];
+            let (epoch, last) = state
+                .get(&req.stream.to_string())
+                .copied()
                 .unwrap_or((0, 0));
-            sqlx::query("RELEASE req")
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-            out.push(Err(if Epoch(epoch) != req.epoch {
+            out[i] = Some(Err(if Epoch(epoch) != req.epoch {
                 StoreError::StaleEpoch {
                     writer: req.epoch,
                     current: Epoch(epoch),
@@ -205,69 +309,41 @@ async fn commit(
                     got: req.first_seq,
                 }
             }));
-            continue;
-        }
-        let mut seqs = Vec::new();
-        let mut ids = Vec::new();
-        let mut types = Vec::new();
-        let mut versions = Vec::new();
-        let mut actors = Vec::new();
-        let mut tss = Vec::new();
-        let mut traces: Vec<Option<String>> = Vec::new();
-        let mut payloads = Vec::new();
-        for (i, e) in req.events.iter().enumerate() {
-            let ty = e.payload.event_type();
-            seqs.push(to_i64(req.first_seq.0 + i as u64));
-            ids.push(e.id);
-            types.push(ty.name().to_owned());
-            versions.push(i16::try_from(ty.version()).unwrap_or(i16::MAX));
-            actors.push(e.actor.as_str().to_owned());
-            tss.push(e.ts);
-            traces.push(e.trace.clone());
-            payloads.push(e.payload.to_stored());
-        }
-        let inserted = sqlx::query(
-            "INSERT INTO events (stream, seq, epoch, id, type, version, actor, ts, trace, payload) \
-             SELECT $1, s, $2, i, t, v, a, ts, tr, p FROM UNNEST($3::bigint[], $4::uuid[], $5::text[], \
-             $6::smallint[], $7::text[], $8::bigint[], $9::text[], $10::bytea[]) AS x(s, i, t, v, a, ts, tr, p)",
-        )
-        .bind(&stream)
-        .bind(to_i64(req.epoch.0))
-        .bind(&seqs)
-        .bind(&ids)
-        .bind(&types)
-        .bind(&versions)
-        .bind(&actors)
-        .bind(&tss)
-        .bind(&traces)
-        .bind(&payloads)
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Ok(_) => {
-                sqlx::query("RELEASE req")
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
-                out.push(Ok(()));
-            }
-            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
-                // Undoes the owner row's move too: the request wrote nothing.
-                sqlx::query("ROLLBACK TO req")
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
-                sqlx::query("RELEASE req")
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
-                out.push(Err(StoreError::Duplicate));
-            }
-            Err(e) => return Err(unavailable(e)),
         }
     }
-    tx.commit().await.map_err(unavailable)?;
-    Ok(out)
+    Ok(())
+}
+
+/// Column arrays for one multi-row INSERT.
+#[derive(Default)]
+struct Columns {
+    streams: Vec<String>,
+    seqs: Vec<i64>,
+    epochs: Vec<i64>,
+    ids: Vec<uuid::Uuid>,
+    types: Vec<String>,
+    versions: Vec<i16>,
+    actors: Vec<String>,
+    tss: Vec<i64>,
+    traces: Vec<Option<String>>,
+    payloads: Vec<Vec<u8>>,
+}
+
+impl Columns {
+    fn push(&mut self, stream: &str, epoch: u64, seq: u64, e: &proto::NewEvent) {
+        let ty = e.payload.event_type();
+        self.streams.push(stream.to_owned());
+        self.seqs.push(to_i64(seq));
+        self.epochs.push(to_i64(epoch));
+        self.ids.push(e.id);
+        self.types.push(ty.name().to_owned());
+        self.versions
+            .push(i16::try_from(ty.version()).unwrap_or(i16::MAX));
+        self.actors.push(e.actor.as_str().to_owned());
+        self.tss.push(e.ts);
+        self.traces.push(e.trace.clone());
+        self.payloads.push(e.payload.to_stored());
+    }
 }
 
 fn row_to_event(stream: &StreamId, row: &PgRow) -> Result<Event, StoreError> {
