@@ -19,6 +19,7 @@
 
 pub mod bus;
 pub mod error;
+mod group;
 pub mod memory;
 pub mod postgres;
 pub mod sqlite;

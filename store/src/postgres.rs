@@ -16,7 +16,9 @@ use async_trait::async_trait;
 use proto::{Epoch, Event, EventPayload, EventType, Seq, ShardId, StreamId, UserId};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
+
+use crate::group::{submit, writer_loop, Job};
 
 use crate::{AppendRequest, EventLog, Loaded, Snapshot, StoreError};
 
@@ -26,12 +28,10 @@ const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/00
 /// How many snapshots per stream are kept.
 const SNAPSHOTS_KEPT: i64 = 2;
 
-type Reply = oneshot::Sender<Vec<Result<(), StoreError>>>;
-
 /// The PostgreSQL event log.
 pub struct PgLog {
     pool: PgPool,
-    writer: mpsc::Sender<(Vec<AppendRequest>, Reply)>,
+    writer: mpsc::Sender<Job>,
 }
 
 fn unavailable(e: sqlx::Error) -> StoreError {
@@ -62,11 +62,12 @@ impl PgLog {
             .map_err(unavailable)?;
         Self::migrate(&pool).await?;
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(writer_loop(
-            pool.clone(),
-            rx,
-            if group_commit { 1024 } else { 1 },
-        ));
+        let commit_pool = pool.clone();
+        let max_batch = if group_commit { 1024 } else { 1 };
+        tokio::spawn(writer_loop(rx, max_batch, move |reqs| {
+            let pool = commit_pool.clone();
+            async move { commit(&pool, &reqs.iter().collect::<Vec<_>>()).await }
+        }));
         Ok(Self { pool, writer: tx })
     }
 
@@ -115,35 +116,6 @@ impl PgLog {
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;
-    }
-}
-
-async fn writer_loop(
-    pool: PgPool,
-    mut rx: mpsc::Receiver<(Vec<AppendRequest>, Reply)>,
-    max_batch: usize,
-) {
-    let mut pending = Vec::new();
-    while let Some(first) = rx.recv().await {
-        pending.push(first);
-        while pending.len() < max_batch {
-            match rx.try_recv() {
-                Ok(more) => pending.push(more),
-                Err(_) => break,
-            }
-        }
-        let groups: Vec<(Vec<AppendRequest>, Reply)> = std::mem::take(&mut pending);
-        let flat: Vec<&AppendRequest> = groups.iter().flat_map(|(b, _)| b.iter()).collect();
-        let results = match commit(&pool, &flat).await {
-            Ok(r) => r,
-            // The transaction did not commit: nothing of this batch is durable, nothing is acked.
-            Err(e) => vec![Err(e); flat.len()],
-        };
-        let mut it = results.into_iter();
-        for (batch, reply) in groups {
-            let mine: Vec<_> = it.by_ref().take(batch.len()).collect();
-            let _ = reply.send(mine);
-        }
     }
 }
 
@@ -389,16 +361,7 @@ impl EventLog for PgLog {
     }
 
     async fn append(&self, batch: Vec<AppendRequest>) -> Vec<Result<(), StoreError>> {
-        let n = batch.len();
-        if n == 0 {
-            return Vec::new();
-        }
-        let closed = || vec![Err(StoreError::Unavailable("writer stopped".into())); n];
-        let (tx, rx) = oneshot::channel();
-        if self.writer.send((batch, tx)).await.is_err() {
-            return closed();
-        }
-        rx.await.unwrap_or_else(|_| closed())
+        submit(&self.writer, batch).await
     }
 
     async fn load(&self, stream: &StreamId) -> Result<Loaded, StoreError> {

@@ -12,7 +12,9 @@ use async_trait::async_trait;
 use proto::{Epoch, Event, EventPayload, EventType, Seq, ShardId, StreamId, UserId};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
+
+use crate::group::{submit, writer_loop, Job};
 
 use crate::{AppendRequest, EventLog, Loaded, Snapshot, StoreError};
 
@@ -47,12 +49,10 @@ CREATE TABLE IF NOT EXISTS owners (
 /// How many snapshots per stream are kept (older ones are pruned when a new one is written).
 const SNAPSHOTS_KEPT: i64 = 2;
 
-type Reply = oneshot::Sender<Vec<Result<(), StoreError>>>;
-
 /// The SQLite event log.
 pub struct SqliteLog {
     pool: SqlitePool,
-    writer: mpsc::Sender<(Vec<AppendRequest>, Reply)>,
+    writer: mpsc::Sender<Job>,
 }
 
 fn unavailable(e: sqlx::Error) -> StoreError {
@@ -83,38 +83,17 @@ impl SqliteLog {
             .await
             .map_err(unavailable)?;
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(writer_loop(pool.clone(), rx));
+        let commit_pool = pool.clone();
+        tokio::spawn(writer_loop(rx, 1024, move |reqs| {
+            let pool = commit_pool.clone();
+            async move { commit(&pool, &reqs.iter().collect::<Vec<_>>()).await }
+        }));
         Ok(Self { pool, writer: tx })
     }
 
     /// Closes the pool after the writer has drained (used on shutdown).
     pub async fn close(&self) {
         self.pool.close().await;
-    }
-}
-
-async fn writer_loop(pool: SqlitePool, mut rx: mpsc::Receiver<(Vec<AppendRequest>, Reply)>) {
-    let mut pending = Vec::new();
-    while let Some(first) = rx.recv().await {
-        pending.push(first);
-        // Group commit: take everything that queued up while the previous commit was running.
-        while pending.len() < 1024 {
-            match rx.try_recv() {
-                Ok(more) => pending.push(more),
-                Err(_) => break,
-            }
-        }
-        let groups: Vec<(Vec<AppendRequest>, Reply)> = std::mem::take(&mut pending);
-        let flat: Vec<&AppendRequest> = groups.iter().flat_map(|(b, _)| b.iter()).collect();
-        let results = match commit(&pool, &flat).await {
-            Ok(r) => r,
-            Err(e) => vec![Err(e); flat.len()],
-        };
-        let mut it = results.into_iter();
-        for (batch, reply) in groups {
-            let mine: Vec<_> = it.by_ref().take(batch.len()).collect();
-            let _ = reply.send(mine);
-        }
     }
 }
 
@@ -307,16 +286,7 @@ impl EventLog for SqliteLog {
     }
 
     async fn append(&self, batch: Vec<AppendRequest>) -> Vec<Result<(), StoreError>> {
-        let n = batch.len();
-        if n == 0 {
-            return Vec::new();
-        }
-        let closed = || vec![Err(StoreError::Unavailable("writer stopped".into())); n];
-        let (tx, rx) = oneshot::channel();
-        if self.writer.send((batch, tx)).await.is_err() {
-            return closed();
-        }
-        rx.await.unwrap_or_else(|_| closed())
+        submit(&self.writer, batch).await
     }
 
     async fn load(&self, stream: &StreamId) -> Result<Loaded, StoreError> {
