@@ -17,6 +17,9 @@ pub struct CoreConfig {
     pub awareness_timeout: Duration,
     /// Write a snapshot after this many events since the last one.
     pub snapshot_every: u64,
+    /// Retention: after each snapshot, delete events older than this many before it. `None` keeps the
+    /// whole history (needed to replay or time-travel to any point).
+    pub retain_events: Option<u64>,
     /// Refuse updates that would grow a document's stored size past this many bytes.
     pub max_doc_bytes: usize,
     /// Largest accepted Yjs update, in bytes.
@@ -40,6 +43,7 @@ impl Default for CoreConfig {
             idle_unload: Duration::from_secs(30),
             awareness_timeout: Duration::from_secs(30),
             snapshot_every: 500,
+            retain_events: None,
             max_doc_bytes: 64 * 1024 * 1024,
             max_update_bytes: 1024 * 1024,
             max_update_depth: 32,

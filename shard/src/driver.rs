@@ -185,7 +185,9 @@ pub fn spawn(
         tx.clone(),
         metrics.clone(),
     ));
+    let retain_events = cfg.retain_events;
     let driver = Driver {
+        retain_events,
         id: id.clone(),
         core: ShardCore::new(cfg),
         store,
@@ -243,6 +245,7 @@ struct Driver {
     append_tx: mpsc::UnboundedSender<Vec<AppendItem>>,
     batch: Vec<AppendItem>,
     shutdown: Option<oneshot::Sender<()>>,
+    retain_events: Option<u64>,
 }
 
 impl Driver {
@@ -396,10 +399,21 @@ impl Driver {
                 } => {
                     let store = self.store.clone();
                     let back = self.self_tx.clone();
+                    let retain = self.retain_events;
                     tokio::spawn(async move {
-                        let result = store
-                            .write_snapshot(&StreamId::Doc(doc.clone()), epoch, snapshot)
-                            .await;
+                        let stream = StreamId::Doc(doc.clone());
+                        let seq = snapshot.seq;
+                        let result = store.write_snapshot(&stream, epoch, snapshot).await;
+                        // Retention: events older than `retain` before the snapshot are no longer needed
+                        // to load; without a setting, history is kept for replay.
+                        if let (Ok(()), Some(keep)) = (&result, retain) {
+                            if seq.0 > keep {
+                                if let Err(e) = store.prune(&stream, epoch, Seq(seq.0 - keep)).await
+                                {
+                                    tracing::debug!(%doc, error = %e, "prune failed");
+                                }
+                            }
+                        }
                         let _ = back.send(Cmd::SnapshotDone { doc, result }).await;
                     });
                 }

@@ -355,6 +355,15 @@ impl EventLog for BusLog {
         self.inner.read(stream, after, limit).await
     }
 
+    async fn prune(
+        &self,
+        stream: &StreamId,
+        epoch: Epoch,
+        through: Seq,
+    ) -> Result<u64, StoreError> {
+        self.inner.prune(stream, epoch, through).await
+    }
+
     async fn write_snapshot(
         &self,
         stream: &StreamId,

@@ -93,6 +93,11 @@ pub trait EventLog: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Event>, StoreError>;
 
+    /// Retention: deletes the stream's events with `seq <= through`, but only when a snapshot at or after
+    /// `through` exists (so loading never needs them). Returns how many were deleted. Fenced by `epoch`.
+    async fn prune(&self, stream: &StreamId, epoch: Epoch, through: Seq)
+        -> Result<u64, StoreError>;
+
     /// Stores a snapshot folding every event up to and including `seq`. Refused under a stale epoch.
     async fn write_snapshot(
         &self,

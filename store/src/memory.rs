@@ -142,6 +142,28 @@ impl EventLog for MemoryLog {
             .unwrap_or_default())
     }
 
+    async fn prune(
+        &self,
+        stream: &StreamId,
+        epoch: Epoch,
+        through: Seq,
+    ) -> Result<u64, StoreError> {
+        let mut g = self.lock();
+        let s = g.0.entry(stream.clone()).or_default();
+        if s.epoch != epoch {
+            return Err(StoreError::StaleEpoch {
+                writer: epoch,
+                current: s.epoch,
+            });
+        }
+        if s.snapshot.as_ref().is_none_or(|x| x.seq < through) {
+            return Ok(0);
+        }
+        let before = s.events.len();
+        s.events.retain(|e| e.seq > through);
+        Ok((before - s.events.len()) as u64)
+    }
+
     async fn write_snapshot(
         &self,
         stream: &StreamId,

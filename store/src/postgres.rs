@@ -400,6 +400,42 @@ impl EventLog for PgLog {
         rows.iter().map(|r| row_to_event(stream, r)).collect()
     }
 
+    async fn prune(
+        &self,
+        stream: &StreamId,
+        epoch: Epoch,
+        through: Seq,
+    ) -> Result<u64, StoreError> {
+        let name = stream.to_string();
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let current: Option<i64> =
+            sqlx::query("SELECT epoch FROM owners WHERE stream = $1 FOR UPDATE")
+                .bind(&name)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(unavailable)?
+                .map(|r| r.get(0));
+        let current = Epoch(current.unwrap_or(0) as u64);
+        if current != epoch {
+            return Err(StoreError::StaleEpoch {
+                writer: epoch,
+                current,
+            });
+        }
+        let deleted = sqlx::query(
+            "DELETE FROM events WHERE stream = $1 AND seq <= $2 \
+             AND EXISTS (SELECT 1 FROM snapshots WHERE stream = $1 AND seq >= $2)",
+        )
+        .bind(&name)
+        .bind(to_i64(through.0))
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
+        tx.commit().await.map_err(unavailable)?;
+        Ok(deleted)
+    }
+
     async fn write_snapshot(
         &self,
         stream: &StreamId,

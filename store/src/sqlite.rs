@@ -326,6 +326,39 @@ impl EventLog for SqliteLog {
         rows.iter().map(|r| row_to_event(stream, r)).collect()
     }
 
+    async fn prune(
+        &self,
+        stream: &StreamId,
+        epoch: Epoch,
+        through: Seq,
+    ) -> Result<u64, StoreError> {
+        let name = stream.to_string();
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(unavailable)?;
+        let current = current_epoch(&mut tx, &name).await?;
+        if current != epoch {
+            return Err(StoreError::StaleEpoch {
+                writer: epoch,
+                current,
+            });
+        }
+        let deleted = sqlx::query(
+            "DELETE FROM events WHERE stream = ?1 AND seq <= ?2 \
+             AND EXISTS (SELECT 1 FROM snapshots WHERE stream = ?1 AND seq >= ?2)",
+        )
+        .bind(&name)
+        .bind(to_i64(through.0))
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
+        tx.commit().await.map_err(unavailable)?;
+        Ok(deleted)
+    }
+
     async fn write_snapshot(
         &self,
         stream: &StreamId,

@@ -118,6 +118,29 @@ async fn contract(log: Arc<dyn EventLog>) {
     assert_eq!(r, vec![Ok(())]);
     let page = log.read(&a, Seq(1), 2).await.expect("read");
     assert_eq!(page.iter().map(|e| e.seq.0).collect::<Vec<_>>(), vec![2, 3]);
+
+    // Retention: nothing beyond the latest snapshot (seq 2) is pruned; under it, events go; load is
+    // unchanged; a stale epoch cannot prune.
+    assert_eq!(
+        log.prune(&a, ea2, Seq(3)).await,
+        Ok(0),
+        "seq 3 is not covered by a snapshot"
+    );
+    assert!(log.prune(&a, ea, Seq(2)).await.is_err(), "stale epoch");
+    assert_eq!(log.prune(&a, ea2, Seq(2)).await, Ok(2));
+    let left = log.read(&a, Seq(0), 100).await.expect("read");
+    assert_eq!(left.iter().map(|e| e.seq.0).collect::<Vec<_>>(), vec![3, 4]);
+    let loaded = log.load(&a).await.expect("load");
+    assert_eq!(loaded.snapshot.as_ref().map(|s| s.seq), Some(Seq(2)));
+    assert_eq!(
+        loaded.tail.iter().map(|e| e.seq.0).collect::<Vec<_>>(),
+        vec![3, 4]
+    );
+    // Appends continue gap-free after pruning.
+    assert_eq!(
+        log.append(vec![req(&a, ea2, 5, vec![ev(9)])]).await,
+        vec![Ok(())]
+    );
 }
 
 #[tokio::test]

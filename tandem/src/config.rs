@@ -111,6 +111,9 @@ pub struct DevOpts {
     /// Seconds an awareness state lives without renewal [default: 30].
     #[arg(long, env = "TANDEM_AWARENESS_TIMEOUT_SECS")]
     pub awareness_timeout_secs: Option<f64>,
+    /// Retention: after each snapshot, keep only this many older events (default: keep everything).
+    #[arg(long, env = "TANDEM_RETAIN_EVENTS")]
+    pub retain_events: Option<u64>,
     /// Events between snapshots [default: 500].
     #[arg(long, env = "TANDEM_SNAPSHOT_EVERY")]
     pub snapshot_every: Option<u64>,
@@ -185,6 +188,9 @@ impl DevOpts {
         if let Some(v) = self.awareness_timeout_secs {
             c.shard.awareness_timeout =
                 Duration::try_from_secs_f64(v).context("--awareness-timeout-secs")?;
+        }
+        if let Some(v) = self.retain_events {
+            c.shard.retain_events = Some(v);
         }
         if let Some(v) = self.snapshot_every {
             c.shard.snapshot_every = v;

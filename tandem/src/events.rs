@@ -265,19 +265,49 @@ pub async fn run(cmd: EventsCmd) -> anyhow::Result<()> {
         }
         EventsCmd::Replay { source, doc, until } => {
             let log = source.open().await?;
-            let mut events = read_all(log.as_ref(), &stream_of(&doc)?, Seq(0)).await?;
+            let stream = stream_of(&doc)?;
+            let mut events = read_all(log.as_ref(), &stream, Seq(0)).await?;
+            let first = events.first().map(|e| e.seq.0).unwrap_or(1);
             match until.as_deref().map(parse_until).transpose()? {
                 Some(Until::Seq(n)) => events.retain(|e| e.seq.0 <= n),
                 Some(Until::TimeMs(ms)) => events.retain(|e| e.ts <= ms),
                 None => {}
             }
-            let json = doc_json(&updates(&events));
+            let mut base: Vec<&[u8]> = Vec::new();
+            let loaded;
+            if first > 1 {
+                // History before `first` was pruned by retention: start from the latest snapshot, which
+                // covers everything up to its seq; points before it cannot be rebuilt.
+                loaded = log.load(&stream).await?;
+                let Some(snap) = loaded.snapshot.as_ref() else {
+                    bail!("history before seq {first} was pruned and there is no snapshot");
+                };
+                let reached = events.last().map(|e| e.seq.0).unwrap_or(0);
+                if reached < snap.seq.0 {
+                    bail!(
+                        "history before seq {first} was pruned (retention); the earliest point that can be \
+                         replayed is seq {}",
+                        snap.seq.0
+                    );
+                }
+                events.retain(|e| e.seq > snap.seq);
+                base.push(&snap.state);
+            }
+            base.extend(updates(&events));
+            let json = doc_json(&base);
             println!("{}", serde_json::to_string_pretty(&json)?);
         }
         EventsCmd::Verify { source, doc } => {
             let log = source.open().await?;
             let stream = stream_of(&doc)?;
             let all = read_all(log.as_ref(), &stream, Seq(0)).await?;
+            if let Some(first) = all.first().filter(|e| e.seq.0 > 1) {
+                bail!(
+                    "cannot verify: history before seq {} was pruned by retention, so there is no full log \
+                     to compare the snapshot with",
+                    first.seq
+                );
+            }
             let loaded = log.load(&stream).await?;
             let mut from_snapshot: Vec<&[u8]> =
                 loaded.snapshot.iter().map(|s| s.state.as_slice()).collect();

@@ -177,3 +177,36 @@ async fn verify_detects_a_snapshot_that_differs_from_the_log() {
     assert!(!ok, "{out}");
     assert!(err.contains("verification failed"), "{err}");
 }
+
+#[tokio::test]
+async fn replay_after_retention_starts_from_the_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Arc::new(
+        SqliteLog::open(&dir.path().join("tandem.db"))
+            .await
+            .expect("open"),
+    );
+    seed(log.clone(), "pruned").await;
+    let stream = StreamId::Doc(DocId::parse("pruned").expect("valid"));
+    assert_eq!(log.prune(&stream, proto::Epoch(1), Seq(3)).await, Ok(3));
+    log.close().await;
+    let data = dir.path().to_str().expect("utf-8");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["events"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--data", data, "--doc", "pruned"]);
+        tandem(&args)
+    };
+    let (ok, _, err) = run(&["replay", "--until", "2"]);
+    assert!(!ok);
+    assert!(err.contains("pruned") && err.contains("seq 3"), "{err}");
+    let (ok, out, err) = run(&["replay", "--until", "4"]);
+    assert!(ok, "{err}");
+    assert_eq!(json(&out)["text"], "4321");
+    let (ok, out, _) = run(&["replay"]);
+    assert!(ok);
+    assert_eq!(json(&out)["text"], "54321");
+    let (ok, _, err) = run(&["verify"]);
+    assert!(!ok);
+    assert!(err.contains("pruned"), "{err}");
+}

@@ -49,4 +49,32 @@ describe('postgres event log', () => {
     assert.equal(await server.stop(), 0)
     server = null
   })
+
+  it('with --retain-events, old events are pruned after snapshots and the document still loads', async () => {
+    const args = ['--database-url', DATABASE_URL, '--snapshot-every', '5', '--retain-events', '2']
+    server = await startServer({ name: 'pg-retain', args })
+    const docId = `pg-retain-${Date.now()}-${process.pid}`
+    const a = await connectedClient(server.url, docId)
+    const b = await connectedClient(server.url, docId)
+    clients.push(a, b)
+    for (let i = 0; i < 20; i++) {
+      a.doc.getText('text').insert(0, String(i % 10))
+      await waitFor(() => b.doc.getText('text').length === i + 1, 10_000)
+    }
+    const expected = { text: a.doc.getText('text').toString(), sv: sv(a.doc) }
+    destroyAll(clients)
+    assert.equal(await server.stop('SIGINT'), 0)
+    const count = Number(execFileSync('psql', [DATABASE_URL, '-At', '-c',
+      `SELECT count(*) FROM events WHERE stream = 'doc:${docId}'`]).toString().trim())
+    assert.ok(count < 20, `events kept after retention: ${count}`)
+
+    server = await startServer({ name: 'pg-retain-2', args, dataDir: makeDataDir() })
+    const fresh = await connectedClient(server.url, docId)
+    clients.push(fresh)
+    await waitFor(() => sv(fresh.doc) === expected.sv, 10_000)
+    assert.equal(fresh.doc.getText('text').toString(), expected.text)
+    destroyAll(clients)
+    assert.equal(await server.stop(), 0)
+    server = null
+  })
 })
