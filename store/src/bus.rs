@@ -15,12 +15,15 @@
 //! (Centrifugo-style). A stream's gap left by a crash between commit and publish is filled when the
 //! stream is next loaded (the load compares the Redis stream's last seq with the record).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use proto::{Epoch, Event, EventPayload, Seq, ShardId, StreamId};
+use std::collections::HashMap;
+
+use proto::event::{Bytes, DocumentUpdatedV1};
+use proto::{Epoch, Event, EventPayload, EventType, Seq, ShardId, StreamId, UserId};
 use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 
@@ -55,6 +58,10 @@ pub fn stream_key(stream: &StreamId) -> String {
 
 /// The global feed key.
 pub const FEED_KEY: &str = "tandem:feed";
+/// Streams remembered for a refill after Redis loses its data (a stream left out is still filled when
+/// it is next loaded).
+const MAX_REFILL_STREAMS: usize = 100_000;
+
 /// The bus epoch key.
 pub const EPOCH_KEY: &str = "tandem:bus:epoch";
 
@@ -80,7 +87,8 @@ impl BusLog {
             conn: conn.clone(),
             cfg,
             epoch: None,
-            published: BTreeSet::new(),
+            published: VecDeque::new(),
+            published_set: BTreeSet::new(),
         };
         tokio::spawn(publisher.run(rx));
         Ok(Self { inner, tx, conn })
@@ -124,8 +132,10 @@ struct Publisher {
     conn: ConnectionManager,
     cfg: BusConfig,
     epoch: Option<String>,
-    /// Streams published by this process (refilled after a bus epoch change).
-    published: BTreeSet<StreamId>,
+    /// Streams published by this process, most recent last (refilled after a bus epoch change);
+    /// bounded by `MAX_REFILL_STREAMS`, oldest forgotten first.
+    published: VecDeque<StreamId>,
+    published_set: BTreeSet<StreamId>,
 }
 
 impl Publisher {
@@ -194,7 +204,9 @@ impl Publisher {
     }
 
     async fn refill(&mut self) -> Result<(), StoreError> {
-        for stream in self.published.clone() {
+        // Most recently published streams first, so the live ones catch up soonest.
+        let streams: Vec<StreamId> = self.published.iter().rev().cloned().collect();
+        for stream in streams {
             let last = self.inner.load(&stream).await?.last_seq();
             let from = Seq(last.0.saturating_sub(self.cfg.stream_maxlen as u64));
             let events = self
@@ -220,6 +232,17 @@ impl Publisher {
                     tracing::warn!(error = %e, events = events.len(), "bus publish failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    fn remember(&mut self, stream: &StreamId) {
+        if self.published_set.insert(stream.clone()) {
+            self.published.push_back(stream.clone());
+            if self.published.len() > MAX_REFILL_STREAMS {
+                if let Some(old) = self.published.pop_front() {
+                    self.published_set.remove(&old);
                 }
             }
         }
@@ -251,7 +274,7 @@ impl Publisher {
             }
             *seen = e.seq;
             n += 1;
-            self.published.insert(e.stream.clone());
+            self.remember(&e.stream);
             let fields = entry_fields(e, &epoch);
             let mut add = redis::cmd("XADD");
             add.arg(stream_key(&e.stream))
@@ -372,4 +395,36 @@ impl EventLog for BusLog {
     ) -> Result<(), StoreError> {
         self.inner.write_snapshot(stream, epoch, snapshot).await
     }
+}
+
+fn field<'a>(f: &'a HashMap<String, Vec<u8>>, k: &str) -> Result<&'a str, StoreError> {
+    f.get(k)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .ok_or_else(|| StoreError::Corrupt(format!("bus entry without {k}")))
+}
+
+/// Rebuilds the event envelope from a bus entry's fields (for consumers of the bus).
+pub fn event_from_entry(f: &HashMap<String, Vec<u8>>) -> Result<Event, StoreError> {
+    let bad = |what: &str| StoreError::Corrupt(format!("bus entry with invalid {what}"));
+    let ty = EventType::from_name(field(f, "type")?).map_err(|_| bad("type"))?;
+    let version: u16 = field(f, "version")?.parse().map_err(|_| bad("version"))?;
+    let payload = f.get("payload").ok_or_else(|| bad("payload"))?;
+    let payload = if ty == EventType::DocumentUpdated {
+        EventPayload::DocumentUpdated(DocumentUpdatedV1 {
+            update: Bytes(payload.clone()),
+        })
+    } else {
+        EventPayload::from_stored(ty, version, payload).map_err(|_| bad("payload"))?
+    };
+    Ok(Event {
+        id: field(f, "id")?.parse().map_err(|_| bad("id"))?,
+        version,
+        stream: StreamId::parse(field(f, "stream")?).map_err(|_| bad("stream"))?,
+        seq: Seq(field(f, "seq")?.parse().map_err(|_| bad("seq"))?),
+        epoch: Epoch(field(f, "epoch")?.parse().map_err(|_| bad("epoch"))?),
+        actor: UserId::parse(field(f, "actor")?).map_err(|_| bad("actor"))?,
+        ts: field(f, "ts")?.parse().map_err(|_| bad("ts"))?,
+        trace: None,
+        payload,
+    })
 }

@@ -13,6 +13,9 @@ use store::EventLog;
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, GetString, Map, ReadTxn, Transact, Update};
 
+/// One bus entry: its id and fields.
+type BusEntry = (String, std::collections::HashMap<String, Vec<u8>>);
+
 /// Where the events are.
 #[derive(Debug, Args)]
 pub struct Source {
@@ -65,10 +68,14 @@ pub enum EventsCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Follows a document's events as they are committed (Ctrl-C to stop).
+    /// Follows a document's events as they are committed (Ctrl-C to stop): from the Redis bus when
+    /// --redis-url is given, else by polling the record.
     Tail {
         #[command(flatten)]
         source: Source,
+        /// Redis URL of the bus to follow.
+        #[arg(long, env = "TANDEM_REDIS_URL", hide_env_values = true)]
+        redis_url: Option<String>,
         /// The document.
         #[arg(long)]
         doc: String,
@@ -247,7 +254,51 @@ pub async fn run(cmd: EventsCmd) -> anyhow::Result<()> {
         EventsCmd::Tail {
             source,
             doc,
+            redis_url: Some(url),
+            ..
+        } => {
+            // History from the record, then live entries from the bus after the last seq shown.
+            let log = source.open().await?;
+            let stream = stream_of(&doc)?;
+            let mut cursor = Seq(0);
+            for e in read_all(log.as_ref(), &stream, cursor).await? {
+                println!("{}", line(&e));
+                cursor = e.seq;
+            }
+            let client = redis::Client::open(url.as_str()).context("--redis-url")?;
+            let mut con = client
+                .get_multiplexed_async_connection()
+                .await
+                .context("connecting to Redis")?;
+            let key = store::bus::stream_key(&stream);
+            let mut last_id = format!("{}-0", cursor.0);
+            loop {
+                let mut cmd = redis::cmd("XREAD");
+                // Below the client's 500 ms response timeout.
+                cmd.arg("BLOCK")
+                    .arg(250)
+                    .arg("STREAMS")
+                    .arg(&key)
+                    .arg(&last_id);
+                let read = cmd.query_async::<Option<Vec<(String, Vec<BusEntry>)>>>(&mut con);
+                let reply = tokio::select! {
+                    r = read => r?,
+                    _ = tokio::signal::ctrl_c() => break,
+                };
+                for (id, fields) in reply.unwrap_or_default().into_iter().flat_map(|(_, e)| e) {
+                    match store::bus::event_from_entry(&fields) {
+                        Ok(e) => println!("{}", line(&e)),
+                        Err(err) => eprintln!("skipping bus entry {id}: {err}"),
+                    }
+                    last_id = id;
+                }
+            }
+        }
+        EventsCmd::Tail {
+            source,
+            doc,
             interval_ms,
+            redis_url: None,
         } => {
             let log = source.open().await?;
             let stream = stream_of(&doc)?;

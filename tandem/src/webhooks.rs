@@ -20,8 +20,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use proto::event::{Bytes as B64, DocumentUpdatedV1};
-use proto::{Epoch, Event, EventPayload, EventType, Seq, StreamId, UserId};
 use redis::aio::MultiplexedConnection;
 use sha2::Sha256;
 
@@ -64,37 +62,6 @@ pub const DEAD_LETTER: &str = "tandem:webhooks:dead";
 
 type Entry = (String, HashMap<String, Vec<u8>>);
 
-fn field<'a>(f: &'a HashMap<String, Vec<u8>>, k: &str) -> anyhow::Result<&'a str> {
-    f.get(k)
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .with_context(|| format!("bus entry without {k}"))
-}
-
-/// Rebuilds the event envelope from a bus entry.
-fn to_event(f: &HashMap<String, Vec<u8>>) -> anyhow::Result<Event> {
-    let ty = EventType::from_name(field(f, "type")?)?;
-    let version: u16 = field(f, "version")?.parse()?;
-    let payload = f.get("payload").context("bus entry without payload")?;
-    let payload = if ty == EventType::DocumentUpdated {
-        EventPayload::DocumentUpdated(DocumentUpdatedV1 {
-            update: B64(payload.clone()),
-        })
-    } else {
-        EventPayload::from_stored(ty, version, payload)?
-    };
-    Ok(Event {
-        id: field(f, "id")?.parse()?,
-        version,
-        stream: StreamId::parse(field(f, "stream")?)?,
-        seq: Seq(field(f, "seq")?.parse()?),
-        epoch: Epoch(field(f, "epoch")?.parse()?),
-        actor: UserId::parse(field(f, "actor")?)?,
-        ts: field(f, "ts")?.parse()?,
-        trace: None,
-        payload,
-    })
-}
-
 /// `sha256=HEX` of HMAC-SHA256(secret, "{timestamp}.{body}").
 pub fn signature(secret: &str, timestamp: u64, body: &[u8]) -> String {
     let mut mac =
@@ -120,7 +87,8 @@ async fn read(
         .arg("COUNT")
         .arg(100);
     if block {
-        cmd.arg("BLOCK").arg(1000);
+        // Below the client's 500 ms response timeout.
+        cmd.arg("BLOCK").arg(250);
     }
     cmd.arg("STREAMS").arg(FEED).arg(id);
     let reply: Option<Vec<(String, Vec<Entry>)>> = cmd.query_async(con).await?;
@@ -206,7 +174,7 @@ async fn deliver(
     entry_id: &str,
     fields: &HashMap<String, Vec<u8>>,
 ) -> anyhow::Result<()> {
-    let event = match to_event(fields) {
+    let event = match store::bus::event_from_entry(fields) {
         Ok(e) => e,
         Err(e) => return dead_letter(con, fields, &format!("undecodable entry: {e}"), 0).await,
     };

@@ -210,3 +210,100 @@ async fn replay_after_retention_starts_from_the_snapshot() {
     assert!(!ok);
     assert!(err.contains("pruned"), "{err}");
 }
+
+// Multi-threaded: the test blocks on the child's output while the bus publisher runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_history_then_follows_the_bus() {
+    use std::io::BufRead;
+    let url = std::env::var("TANDEM_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_owned());
+    let redis_url = "redis://127.0.0.1:6379/12";
+    let pg: Arc<dyn EventLog> =
+        Arc::new(PgLog::connect(&url).await.expect("PostgreSQL is required"));
+    let bus = Arc::new(
+        store::bus::BusLog::connect(pg, store::bus::BusConfig::new(redis_url))
+            .await
+            .expect("Redis is required"),
+    );
+    let doc = format!("tail-{}", uuid::Uuid::now_v7().simple());
+    seed(bus.clone(), &doc).await; // seqs 1..=5 before tail starts
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args([
+            "events",
+            "tail",
+            "--database-url",
+            &url,
+            "--redis-url",
+            redis_url,
+            "--doc",
+            &doc,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn tail");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // History first.
+    let mut seqs = Vec::new();
+    while seqs.len() < 5 {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("history line");
+        seqs.push(
+            line.split_whitespace()
+                .next()
+                .and_then(|s| s.parse::<u64>().ok())
+                .expect("seq"),
+        );
+    }
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    // Then new events arrive live through the bus.
+    let stream = StreamId::Doc(DocId::parse(&doc).expect("valid"));
+    let epoch = proto::Epoch(1);
+    for i in 6..=7u64 {
+        let e = NewEvent {
+            id: uuid::Uuid::now_v7(),
+            actor: UserId::parse("ada").expect("valid"),
+            ts: 0,
+            trace: None,
+            payload: EventPayload::DocumentUpdated(DocumentUpdatedV1 {
+                update: Bytes(vec![0, 0]),
+            }),
+        };
+        let r = bus
+            .append(vec![AppendRequest {
+                stream: stream.clone(),
+                epoch,
+                first_seq: Seq(i),
+                events: vec![e],
+            }])
+            .await;
+        assert_eq!(r, vec![Ok(())]);
+    }
+    let mut live = Vec::new();
+    while live.len() < 2 {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("live line");
+        live.push(
+            line.split_whitespace()
+                .next()
+                .and_then(|s| s.parse::<u64>().ok())
+                .expect("seq"),
+        );
+    }
+    assert_eq!(live, vec![6, 7]);
+    let _ = child.kill();
+    let _ = child.wait();
+}
