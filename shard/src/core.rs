@@ -120,7 +120,7 @@ struct DocState {
     /// Per Yjs client id, the clock just past the last struct accepted (applied or in flight). yrs
     /// 0.28.1 can crash on a re-sent clock range with different content, and its own state vector does
     /// not cover in-flight or pending structs, so the shard keeps this itself.
-    ends: HashMap<u64, u64>,
+    accepted_ends: HashMap<u64, u64>,
     /// Depth of every shared type, so that no update can nest types deeper than the limit.
     nesting: NestingTracker,
 }
@@ -141,7 +141,7 @@ impl DocState {
             stored_bytes: 0,
             since_snapshot: 0,
             idle_since: None,
-            ends: HashMap::new(),
+            accepted_ends: HashMap::new(),
             nesting: NestingTracker::new(max_type_depth),
         }
     }
@@ -348,7 +348,9 @@ impl ShardCore {
         update: &[u8],
     ) -> Result<(), ShardError> {
         let limits = self.cfg.limits();
-        let summary = validate::validate_update_v1(update, &limits).map_err(ShardError::Invalid)?;
+        // One walk validates the update and yields each Yjs client's clock range.
+        let (summary, ranges) = validate::validate_update_v1_with_ranges(update, &limits)
+            .map_err(ShardError::Invalid)?;
         let c = self.conns.get(&conn).ok_or(ShardError::LoadFailed)?;
         if !c.can_write {
             if !summary.is_empty {
@@ -359,8 +361,6 @@ impl ShardCore {
         if summary.is_empty {
             return Ok(());
         }
-        let ranges =
-            validate::update_client_ranges(update, &limits).map_err(ShardError::Invalid)?;
         // Decoding is safe now that the validator has bounded depth, lengths and UTF-8; a decode error
         // here is still refused rather than trusted.
         let decoded = Update::decode_v1(update)
@@ -376,7 +376,7 @@ impl ShardCore {
         // the structs are dropped; a partly new range cannot be split here, so the client resyncs.
         let mut covered = 0;
         for r in &ranges {
-            let known = d.ends.get(&r.client).copied().unwrap_or(0);
+            let known = d.accepted_ends.get(&r.client).copied().unwrap_or(0);
             if r.start > known {
                 // A gap: yrs would hold these structs as pending, outside its state vector, where the
                 // guard could not see them after a reload. Honest clients never skip their own clocks.
@@ -405,7 +405,7 @@ impl ShardCore {
         if d.stored_bytes + update.len() > max {
             return Err(ShardError::DocTooLarge);
         }
-        // Recorded at acceptance, like `ends`: the client's next update may build on this one before
+        // Recorded at acceptance, like `accepted_ends`: the client's next update may build on this one before
         // it is committed. A failed append drops the whole document state, tracker included.
         let plan = d.nesting.check(&update).map_err(|e| match e {
             NestingError::TooDeep => ShardError::Invalid(validate::ValidationError::TooDeep),
@@ -416,7 +416,7 @@ impl ShardCore {
         })?;
         d.nesting.commit(plan);
         for r in &ranges {
-            let e = d.ends.entry(r.client).or_insert(0);
+            let e = d.accepted_ends.entry(r.client).or_insert(0);
             *e = (*e).max(r.end);
         }
         d.stored_bytes += update.len();
@@ -533,7 +533,7 @@ impl ShardCore {
         d.ydoc = ydoc;
         d.stored_bytes = bytes;
         // From the stored updates themselves, not yrs' state vector (which leaves out pending structs).
-        d.ends = stored_ends(&loaded, &self.cfg.limits());
+        d.accepted_ends = stored_ends(&loaded, &self.cfg.limits());
         d.nesting = NestingTracker::new(self.cfg.max_type_depth);
         for update in stored_updates(&loaded) {
             d.nesting.absorb(update);

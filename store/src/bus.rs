@@ -334,7 +334,7 @@ impl EventLog for BusLog {
     async fn append(&self, batch: Vec<AppendRequest>) -> Vec<Result<(), StoreError>> {
         let committed: Vec<Event> = batch
             .iter()
-            .flat_map(|r| (0..r.events.len()).map(move |i| crate::memory::to_event(r, i)))
+            .flat_map(|r| (0..r.events.len()).map(move |i| r.event(i)))
             .collect();
         let results = self.inner.append(batch.clone()).await;
         let mut publish = Vec::new();

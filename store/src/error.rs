@@ -34,6 +34,15 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// `Ok` when the writer holds the stream's current epoch, else [`StoreError::StaleEpoch`].
+    pub fn check_epoch(writer: Epoch, current: Epoch) -> Result<(), StoreError> {
+        if writer == current {
+            Ok(())
+        } else {
+            Err(StoreError::StaleEpoch { writer, current })
+        }
+    }
+
     /// Whether retrying the same request later may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Unavailable(_))

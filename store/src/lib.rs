@@ -42,6 +42,24 @@ pub struct AppendRequest {
     pub events: Vec<NewEvent>,
 }
 
+impl AppendRequest {
+    /// The committed form of the `i`-th event (its seq is `first_seq + i`).
+    pub fn event(&self, i: usize) -> Event {
+        let e = &self.events[i];
+        Event {
+            id: e.id,
+            version: e.payload.event_type().version(),
+            stream: self.stream.clone(),
+            seq: Seq(self.first_seq.0 + i as u64),
+            epoch: self.epoch,
+            actor: e.actor.clone(),
+            ts: e.ts,
+            trace: e.trace.clone(),
+            payload: e.payload.clone(),
+        }
+    }
+}
+
 /// The latest snapshot of a stream.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {

@@ -40,21 +40,6 @@ impl MemoryLog {
     }
 }
 
-pub(crate) fn to_event(req: &AppendRequest, i: usize) -> Event {
-    let e = &req.events[i];
-    Event {
-        id: e.id,
-        version: e.payload.event_type().version(),
-        stream: req.stream.clone(),
-        seq: Seq(req.first_seq.0 + i as u64),
-        epoch: req.epoch,
-        actor: e.actor.clone(),
-        ts: e.ts,
-        trace: e.trace.clone(),
-        payload: e.payload.clone(),
-    }
-}
-
 #[async_trait]
 impl EventLog for MemoryLog {
     async fn acquire(&self, stream: &StreamId, _shard: &ShardId) -> Result<Epoch, StoreError> {
@@ -80,12 +65,7 @@ impl EventLog for MemoryLog {
                 if retried {
                     return Ok(());
                 }
-                if s.epoch != req.epoch {
-                    return Err(StoreError::StaleEpoch {
-                        writer: req.epoch,
-                        current: s.epoch,
-                    });
-                }
+                StoreError::check_epoch(req.epoch, s.epoch)?;
                 let last = s
                     .events
                     .last()
@@ -103,7 +83,7 @@ impl EventLog for MemoryLog {
                 }
                 for i in 0..req.events.len() {
                     ids.insert(*req.events[i].id.as_bytes());
-                    s.events.push(to_event(req, i));
+                    s.events.push(req.event(i));
                 }
                 Ok(())
             })
@@ -150,12 +130,7 @@ impl EventLog for MemoryLog {
     ) -> Result<u64, StoreError> {
         let mut g = self.lock();
         let s = g.0.entry(stream.clone()).or_default();
-        if s.epoch != epoch {
-            return Err(StoreError::StaleEpoch {
-                writer: epoch,
-                current: s.epoch,
-            });
-        }
+        StoreError::check_epoch(epoch, s.epoch)?;
         if s.snapshot.as_ref().is_none_or(|x| x.seq < through) {
             return Ok(0);
         }
@@ -172,12 +147,7 @@ impl EventLog for MemoryLog {
     ) -> Result<(), StoreError> {
         let mut g = self.lock();
         let s = g.0.entry(stream.clone()).or_default();
-        if s.epoch != epoch {
-            return Err(StoreError::StaleEpoch {
-                writer: epoch,
-                current: s.epoch,
-            });
-        }
+        StoreError::check_epoch(epoch, s.epoch)?;
         s.snapshot = Some(snapshot);
         Ok(())
     }

@@ -318,6 +318,22 @@ impl Columns {
     }
 }
 
+/// Locks the stream's owner row for the transaction and checks that `writer` is its current epoch, so
+/// no takeover can slip in before the transaction's writes commit.
+async fn lock_epoch(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    stream: &str,
+    writer: Epoch,
+) -> Result<(), StoreError> {
+    let current: Option<i64> = sqlx::query("SELECT epoch FROM owners WHERE stream = $1 FOR UPDATE")
+        .bind(stream)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(unavailable)?
+        .map(|r| r.get(0));
+    StoreError::check_epoch(writer, Epoch(current.unwrap_or(0) as u64))
+}
+
 fn row_to_event(stream: &StreamId, row: &PgRow) -> Result<Event, StoreError> {
     let corrupt = |what: &str| StoreError::Corrupt(what.to_owned());
     let ty: String = row.try_get("type").map_err(|_| corrupt("type"))?;
@@ -408,20 +424,7 @@ impl EventLog for PgLog {
     ) -> Result<u64, StoreError> {
         let name = stream.to_string();
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        let current: Option<i64> =
-            sqlx::query("SELECT epoch FROM owners WHERE stream = $1 FOR UPDATE")
-                .bind(&name)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(unavailable)?
-                .map(|r| r.get(0));
-        let current = Epoch(current.unwrap_or(0) as u64);
-        if current != epoch {
-            return Err(StoreError::StaleEpoch {
-                writer: epoch,
-                current,
-            });
-        }
+        lock_epoch(&mut tx, &name, epoch).await?;
         let deleted = sqlx::query(
             "DELETE FROM events WHERE stream = $1 AND seq <= $2 \
              AND EXISTS (SELECT 1 FROM snapshots WHERE stream = $1 AND seq >= $2)",
@@ -445,20 +448,7 @@ impl EventLog for PgLog {
         let name = stream.to_string();
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         // Locks the owner row: a takeover cannot slip in between the check and the write.
-        let current: Option<i64> =
-            sqlx::query("SELECT epoch FROM owners WHERE stream = $1 FOR UPDATE")
-                .bind(&name)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(unavailable)?
-                .map(|r| r.get(0));
-        let current = Epoch(current.unwrap_or(0) as u64);
-        if current != epoch {
-            return Err(StoreError::StaleEpoch {
-                writer: epoch,
-                current,
-            });
-        }
+        lock_epoch(&mut tx, &name, epoch).await?;
         sqlx::query(
             "INSERT INTO snapshots (stream, seq, epoch, state) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (stream, seq) DO UPDATE SET state = EXCLUDED.state, epoch = EXCLUDED.epoch",

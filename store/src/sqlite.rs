@@ -114,11 +114,8 @@ async fn commit(
             continue;
         }
         let current = current_epoch(&mut tx, &stream).await?;
-        if current != req.epoch {
-            out.push(Err(StoreError::StaleEpoch {
-                writer: req.epoch,
-                current,
-            }));
+        if let Err(stale) = StoreError::check_epoch(req.epoch, current) {
+            out.push(Err(stale));
             continue;
         }
         let last: i64 = sqlx::query(
@@ -339,12 +336,7 @@ impl EventLog for SqliteLog {
             .await
             .map_err(unavailable)?;
         let current = current_epoch(&mut tx, &name).await?;
-        if current != epoch {
-            return Err(StoreError::StaleEpoch {
-                writer: epoch,
-                current,
-            });
-        }
+        StoreError::check_epoch(epoch, current)?;
         let deleted = sqlx::query(
             "DELETE FROM events WHERE stream = ?1 AND seq <= ?2 \
              AND EXISTS (SELECT 1 FROM snapshots WHERE stream = ?1 AND seq >= ?2)",
@@ -372,12 +364,7 @@ impl EventLog for SqliteLog {
             .await
             .map_err(unavailable)?;
         let current = current_epoch(&mut tx, &name).await?;
-        if current != epoch {
-            return Err(StoreError::StaleEpoch {
-                writer: epoch,
-                current,
-            });
-        }
+        StoreError::check_epoch(epoch, current)?;
         sqlx::query(
             "INSERT INTO snapshots (stream, seq, epoch, state) VALUES (?, ?, ?, ?) \
              ON CONFLICT(stream, seq) DO UPDATE SET state = excluded.state, epoch = excluded.epoch",

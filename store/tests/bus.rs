@@ -4,16 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use proto::event::{Bytes, DocumentUpdatedV1};
-use proto::{DocId, EventPayload, NewEvent, Seq, ShardId, StreamId, UserId};
+use proto::{Seq, ShardId, StreamId};
 use store::bus::{stream_key, BusConfig, BusLog, EPOCH_KEY, FEED_KEY};
 use store::postgres::PgLog;
 use store::{AppendRequest, EventLog};
 
-fn database_url() -> String {
-    std::env::var("TANDEM_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_owned())
-}
+mod common;
+use common::*;
 
 /// A Redis database of its own (index 9), so flushing it does not disturb anything else.
 fn redis_url() -> String {
@@ -26,18 +23,6 @@ async fn redis() -> redis::aio::MultiplexedConnection {
         .get_multiplexed_async_connection()
         .await
         .unwrap_or_else(|e| panic!("Redis is required for this test ({}): {e}", redis_url()))
-}
-
-fn ev(i: u64) -> NewEvent {
-    NewEvent {
-        id: uuid::Uuid::now_v7(),
-        actor: UserId::parse("ada").expect("valid"),
-        ts: i as i64,
-        trace: None,
-        payload: EventPayload::DocumentUpdated(DocumentUpdatedV1 {
-            update: Bytes(vec![i as u8]),
-        }),
-    }
 }
 
 /// An XRANGE entry: its id and field/value pairs.
@@ -89,9 +74,7 @@ async fn redis_flush_mid_run_loses_nothing_and_the_bus_refills() {
     let log = BusLog::connect(pg.clone(), BusConfig::new(redis_url()))
         .await
         .expect("bus");
-    let stream = StreamId::Doc(
-        DocId::parse(&format!("bus-{}", uuid::Uuid::now_v7().simple())).expect("valid"),
-    );
+    let stream = stream(&format!("bus-{}", unique()));
     let epoch = log
         .acquire(&stream, &ShardId::parse("s").expect("valid"))
         .await
@@ -100,7 +83,7 @@ async fn redis_flush_mid_run_loses_nothing_and_the_bus_refills() {
         stream: stream.clone(),
         epoch,
         first_seq: Seq(i),
-        events: vec![ev(i)],
+        events: vec![ev(i as u8)],
     };
 
     for i in 1..=10 {

@@ -2,42 +2,18 @@
 
 use std::sync::Arc;
 
-use proto::event::{Bytes, DocumentUpdatedV1};
-use proto::{DocId, Epoch, EventPayload, NewEvent, Seq, ShardId, StreamId, UserId};
+use proto::{Epoch, Seq, ShardId};
 use store::memory::MemoryLog;
-use store::postgres::PgLog;
 use store::sqlite::SqliteLog;
-use store::{AppendRequest, EventLog, Snapshot, StoreError};
+use store::{EventLog, Snapshot, StoreError};
 
-fn stream(name: &str) -> StreamId {
-    StreamId::Doc(DocId::parse(name).expect("valid id"))
-}
-
-fn ev(byte: u8) -> NewEvent {
-    NewEvent {
-        id: uuid::Uuid::now_v7(),
-        actor: UserId::parse("ada").expect("valid"),
-        ts: 1,
-        trace: None,
-        payload: EventPayload::DocumentUpdated(DocumentUpdatedV1 {
-            update: Bytes(vec![byte]),
-        }),
-    }
-}
-
-fn req(s: &StreamId, epoch: Epoch, first: u64, events: Vec<NewEvent>) -> AppendRequest {
-    AppendRequest {
-        stream: s.clone(),
-        epoch,
-        first_seq: Seq(first),
-        events,
-    }
-}
+mod common;
+use common::*;
 
 async fn contract(log: Arc<dyn EventLog>) {
     let shard = ShardId::parse("s1").expect("valid");
     // Unique names, so the contract also runs against a long-lived PostgreSQL database.
-    let run = uuid::Uuid::now_v7().simple().to_string();
+    let run = unique();
     let a = stream(&format!("a-{run}"));
     let b = stream(&format!("b-{run}"));
     let ea = log.acquire(&a, &shard).await.expect("acquire a");
@@ -162,50 +138,11 @@ async fn sqlite_group_commit_keeps_every_acked_event_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("t.db");
     let log = Arc::new(SqliteLog::open(&path).await.expect("open"));
-    let shard = ShardId::parse("s1").expect("valid");
-    let mut tasks = Vec::new();
-    for w in 0..16 {
-        let log = log.clone();
-        let s = stream(&format!("w{w}"));
-        let epoch = log.acquire(&s, &shard).await.expect("acquire");
-        tasks.push(tokio::spawn(async move {
-            for i in 1..=50u64 {
-                let r = log.append(vec![req(&s, epoch, i, vec![ev(i as u8)])]).await;
-                assert_eq!(r, vec![Ok(())]);
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("writer task");
-    }
+    let streams = write_concurrently(log.clone(), "w").await;
     log.close().await;
     // Reopen: everything acknowledged is on disk, exactly once, gap-free.
     let log = SqliteLog::open(&path).await.expect("reopen");
-    for w in 0..16 {
-        let evs = log
-            .read(&stream(&format!("w{w}")), Seq(0), 1000)
-            .await
-            .expect("read");
-        assert_eq!(
-            evs.iter().map(|e| e.seq.0).collect::<Vec<_>>(),
-            (1..=50).collect::<Vec<_>>()
-        );
-    }
-}
-
-/// The PostgreSQL service the test suite runs against (`scripts/test` makes sure it is up).
-fn database_url() -> String {
-    std::env::var("TANDEM_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_owned())
-}
-
-async fn pg() -> Arc<PgLog> {
-    Arc::new(PgLog::connect(&database_url()).await.unwrap_or_else(|e| {
-        panic!(
-            "PostgreSQL is required for this test ({}): {e}. Start it or set TANDEM_TEST_DATABASE_URL.",
-            database_url()
-        )
-    }))
+    assert_all_acked_once(&log, &streams).await;
 }
 
 #[tokio::test]
@@ -216,29 +153,8 @@ async fn postgres_log_keeps_the_contract() {
 #[tokio::test]
 async fn postgres_group_commit_keeps_every_acked_event_once() {
     let log = pg().await;
-    let shard = ShardId::parse("s1").expect("valid");
-    let run = uuid::Uuid::now_v7().simple().to_string();
-    let mut tasks = Vec::new();
-    for w in 0..16 {
-        let log = log.clone();
-        let s = stream(&format!("gc-{run}-{w}"));
-        let epoch = log.acquire(&s, &shard).await.expect("acquire");
-        tasks.push(tokio::spawn(async move {
-            for i in 1..=50u64 {
-                let r = log.append(vec![req(&s, epoch, i, vec![ev(i as u8)])]).await;
-                assert_eq!(r, vec![Ok(())]);
-            }
-            s
-        }));
-    }
-    for t in tasks {
-        let s = t.await.expect("writer task");
-        let evs = log.read(&s, Seq(0), 1000).await.expect("read");
-        assert_eq!(
-            evs.iter().map(|e| e.seq.0).collect::<Vec<_>>(),
-            (1..=50).collect::<Vec<_>>()
-        );
-    }
+    let streams = write_concurrently(log.clone(), &format!("gc-{}", unique())).await;
+    assert_all_acked_once(log.as_ref(), &streams).await;
 }
 
 #[tokio::test]

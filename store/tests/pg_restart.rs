@@ -8,10 +8,12 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use proto::event::{Bytes, DocumentUpdatedV1};
-use proto::{DocId, EventPayload, NewEvent, Seq, ShardId, StreamId, UserId};
+use proto::{NewEvent, Seq, ShardId};
 use store::postgres::PgLog;
 use store::{AppendRequest, EventLog, StoreError};
+
+mod common;
+use common::*;
 
 fn cluster(action: &str) {
     let version = std::fs::read_dir("/etc/postgresql")
@@ -35,18 +37,6 @@ impl Drop for Restart {
     }
 }
 
-fn event(i: u64) -> NewEvent {
-    NewEvent {
-        id: uuid::Uuid::now_v7(),
-        actor: UserId::parse("ada").expect("valid"),
-        ts: i as i64,
-        trace: None,
-        payload: EventPayload::DocumentUpdated(DocumentUpdatedV1 {
-            update: Bytes(vec![1]),
-        }),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_fails_closed_and_resumes() {
     let url = std::env::var("TANDEM_TEST_DATABASE_URL")
@@ -54,9 +44,7 @@ async fn postgres_outage_fails_closed_and_resumes() {
     let log = PgLog::connect(&url)
         .await
         .expect("PostgreSQL is required for this test");
-    let stream = StreamId::Doc(
-        DocId::parse(&format!("restart-{}", uuid::Uuid::now_v7().simple())).expect("valid"),
-    );
+    let stream = stream(&format!("restart-{}", unique()));
     let epoch = log
         .acquire(&stream, &ShardId::parse("s").expect("valid"))
         .await
@@ -69,7 +57,7 @@ async fn postgres_outage_fails_closed_and_resumes() {
     };
     let mut acked: Vec<(u64, uuid::Uuid)> = Vec::new();
     for i in 1..=20 {
-        let e = event(i);
+        let e = ev(i as u8);
         assert_eq!(log.append(vec![req(i, &e)]).await, vec![Ok(())]);
         acked.push((i, e.id));
     }
@@ -77,7 +65,7 @@ async fn postgres_outage_fails_closed_and_resumes() {
     let guard = Restart;
     cluster("stop");
     // While the record is down nothing is acknowledged.
-    let pending = event(21);
+    let pending = ev(21);
     let r = log.append(vec![req(21, &pending)]).await.remove(0);
     assert!(
         matches!(r, Err(StoreError::Unavailable(_))),
@@ -99,7 +87,7 @@ async fn postgres_outage_fails_closed_and_resumes() {
     }
     acked.push((21, pending.id));
     for i in 22..=40 {
-        let e = event(i);
+        let e = ev(i as u8);
         assert_eq!(log.append(vec![req(i, &e)]).await, vec![Ok(())]);
         acked.push((i, e.id));
     }

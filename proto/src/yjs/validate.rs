@@ -279,9 +279,17 @@ pub fn update_client_ranges(
     bytes: &[u8],
     limits: &Limits,
 ) -> Result<Vec<ClientRange>, ValidationError> {
+    validate_update_v1_with_ranges(bytes, limits).map(|(_, ranges)| ranges)
+}
+
+/// [`validate_update_v1`] and [`update_client_ranges`] in one walk (the shard's hot path).
+pub fn validate_update_v1_with_ranges(
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<(UpdateSummary, Vec<ClientRange>), ValidationError> {
     let mut ranges = Vec::new();
-    walk_update(bytes, limits, Target::Yrs, Some(&mut ranges))?;
-    Ok(ranges)
+    let summary = walk_update(bytes, limits, Target::Yrs, Some(&mut ranges))?;
+    Ok((summary, ranges))
 }
 
 /// The update walk behind the public entry points; `ranges`, when given,
