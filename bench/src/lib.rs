@@ -1,6 +1,18 @@
-//! The load engineers' bench harness (`cargo run -p bench --release -- …`).
+//! The load engineers' bench harness (`cargo run -p bench --release -- …`): scenarios driven over
+//! the public protocols against Tandem and the servers people run today, with reports.
 //!
-//! Today: `store-append` (the event log's durable append throughput and latency). The bench-harness
-//! issue adds the client-facing scenarios (doc fan-out, idle connections, peers side by side).
+//! Modules: [`stats`] (HDR histograms, open-loop schedule), [`wire`] (y-websocket and Hocuspocus
+//! framing, timing tags), [`ws`] (WebSocket client), [`target`] (starting the servers under test),
+//! [`procstat`] (server CPU and RSS), [`scenario`] (the workloads), [`report`] (JSON, Markdown, SVG).
 
 #![forbid(unsafe_code)]
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+pub mod procstat;
+pub mod report;
+pub mod scenario;
+pub mod stats;
+pub mod store_append;
+pub mod target;
+pub mod wire;
+pub mod ws;
