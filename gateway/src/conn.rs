@@ -27,7 +27,17 @@ pub struct ConnParams {
 }
 
 type Io = TokioIo<Upgraded>;
-type Writer = Arc<Mutex<fastwebsockets::WebSocketWrite<tokio::io::WriteHalf<Io>>>>;
+type Sock = crate::batch_io::BatchWriter<tokio::io::WriteHalf<Io>>;
+type Writer = Arc<Mutex<fastwebsockets::WebSocketWrite<Sock>>>;
+
+/// Writes one frame and sends it (the socket's writer buffers until flushed).
+async fn send_now(
+    w: &mut fastwebsockets::WebSocketWrite<Sock>,
+    frame: Frame<'_>,
+) -> Result<(), WebSocketError> {
+    w.write_frame(frame).await?;
+    w.flush().await
+}
 
 /// Close code for a WebSocket protocol error detected by the frame reader.
 fn close_code_for(e: &WebSocketError) -> Option<u16> {
@@ -58,7 +68,7 @@ impl Out {
         let mut w = self.writer.lock().await;
         let _ = tokio::time::timeout(
             timeout,
-            w.write_frame(Frame::close(code, reason.as_bytes())),
+            send_now(&mut w, Frame::close(code, reason.as_bytes())),
         )
         .await;
     }
@@ -84,6 +94,10 @@ fn reason_for(code: u16) -> &'static str {
     }
 }
 
+/// Most frames (and bytes) the writer sends in one flush.
+const MAX_BATCH_FRAMES: usize = 256;
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+
 /// Runs a connection until either side closes it.
 pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: WebSocket<Io>) {
     let max = gw.cfg.max_message_bytes;
@@ -92,7 +106,10 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
     ws.set_auto_close(true);
     ws.set_auto_pong(true);
     let write_timeout = Duration::from_secs(gw.cfg.write_timeout_secs.max(1));
-    let (mut reader, writer) = ws.split(tokio::io::split);
+    let (mut reader, writer) = ws.split(|io| {
+        let (r, w) = tokio::io::split(io);
+        (r, crate::batch_io::BatchWriter::new(w))
+    });
     let writer: Writer = Arc::new(Mutex::new(writer));
     let (sink, queue) = ConnSink::new(gw.cfg.outbound_queue, gw.cfg.outbound_queue_bytes);
     let shard::ConnQueue {
@@ -110,7 +127,7 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
         let mut w = writer.lock().await;
         let _ = tokio::time::timeout(
             write_timeout,
-            w.write_frame(Frame::close(1011, b"shard unavailable")),
+            send_now(&mut w, Frame::close(1011, b"shard unavailable")),
         )
         .await;
         drop(w);
@@ -147,7 +164,7 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
                         // wedge the reader (and through the lock, the writer) forever.
                         let write = async {
                             let mut w = writer.lock().await;
-                            w.write_frame(frame).await
+                            send_now(&mut w, frame).await
                         };
                         match tokio::time::timeout(write_timeout, write).await {
                             Ok(r) => r,
@@ -264,7 +281,7 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
             _ = ping.tick() => {
                 let write = async {
                     let mut w = out_half.writer.lock().await;
-                    w.write_frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[]))).await
+                    send_now(&mut w, Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[]))).await
                 };
                 match tokio::time::timeout(write_timeout, write).await {
                     Ok(Ok(())) => continue,
@@ -272,36 +289,67 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
                 }
             }
         };
-        let killed = kill.load(Ordering::Relaxed);
-        match item {
-            Some(ConnOut::Frame(msg)) => {
-                queued_bytes.fetch_sub(msg.len(), Ordering::Relaxed);
-                if killed != 0 {
-                    // Being closed: skip queued frames and look for the close with its reason.
-                    continue;
+        // Every frame already queued goes out in one flush (see batch_io): batching only when frames
+        // queue up faster than they leave, never waiting for more.
+        let mut item = item;
+        let mut batch_frames = 0usize;
+        let mut batch_bytes = 0usize;
+        let mut stop = false;
+        let mut w = out_half.writer.lock().await;
+        loop {
+            let killed = kill.load(Ordering::Relaxed);
+            match item {
+                Some(ConnOut::Frame(msg)) => {
+                    queued_bytes.fetch_sub(msg.len(), Ordering::Relaxed);
+                    // Being closed (killed): skip queued frames and look for the close with its reason.
+                    if killed == 0 {
+                        if out_half.closed.load(Ordering::SeqCst) {
+                            stop = true;
+                            break;
+                        }
+                        batch_bytes += msg.len();
+                        batch_frames += 1;
+                        let frame = Frame::new(true, OpCode::Binary, None, Payload::Borrowed(&msg));
+                        if tokio::time::timeout(write_timeout, w.write_frame(frame))
+                            .await
+                            .map_or(true, |r| r.is_err())
+                        {
+                            stop = true;
+                            break;
+                        }
+                    }
                 }
-                if out_half.closed.load(Ordering::SeqCst) {
+                Some(ConnOut::Close(code, reason)) => {
+                    drop(w);
+                    out_half.close(code, &reason, write_timeout).await;
+                    stop = true;
+                    w = out_half.writer.lock().await;
                     break;
                 }
-                let write = async {
-                    let mut w = out_half.writer.lock().await;
-                    let frame = Frame::new(true, OpCode::Binary, None, Payload::Borrowed(&msg));
-                    w.write_frame(frame).await
-                };
-                match tokio::time::timeout(write_timeout, write).await {
-                    Ok(Ok(())) => {}
-                    _ => break,
+                None => {
+                    drop(w);
+                    let code = if killed == 0 { 1001 } else { killed };
+                    out_half.close(code, reason_for(code), write_timeout).await;
+                    stop = true;
+                    w = out_half.writer.lock().await;
+                    break;
                 }
             }
-            Some(ConnOut::Close(code, reason)) => {
-                out_half.close(code, &reason, write_timeout).await;
+            if batch_frames >= MAX_BATCH_FRAMES || batch_bytes >= MAX_BATCH_BYTES {
                 break;
             }
-            None => {
-                let code = if killed == 0 { 1001 } else { killed };
-                out_half.close(code, reason_for(code), write_timeout).await;
-                break;
-            }
+            item = match out.try_recv() {
+                Ok(next) => Some(next),
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => None,
+            };
+        }
+        let flushed = tokio::time::timeout(write_timeout, w.flush())
+            .await
+            .is_ok_and(|r| r.is_ok());
+        drop(w);
+        if stop || !flushed {
+            break;
         }
     }
     // Give the client a moment to answer our close frame, then tear the reader down.

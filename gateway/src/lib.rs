@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+mod batch_io;
 pub mod auth;
 pub mod config;
 pub mod conn;
