@@ -232,7 +232,8 @@ impl Default for SweepCfg {
 fn load_config(c: &Common) -> anyhow::Result<ConfigFile> {
     match &c.config {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))
         }
         None => Ok(ConfigFile::default()),
@@ -406,7 +407,11 @@ async fn run_fanout(a: FanoutArgs, compare: bool) -> anyhow::Result<()> {
             let mut sp = p.clone();
             sp.rate = rate;
             sp.duration = sw.step_duration;
-            let label = format!("sweep {} {:.0} edits/s", k.name(), sp.offered_edits_per_sec());
+            let label = format!(
+                "sweep {} {:.0} edits/s",
+                k.name(),
+                sp.offered_edits_per_sec()
+            );
             match doc_fanout::run(&t, &sp, &label).await {
                 Ok(mut o) => {
                     o.persistence = k.persistence(&opts);
@@ -473,7 +478,11 @@ async fn run_fanout(a: FanoutArgs, compare: bool) -> anyhow::Result<()> {
                     md.push_str(" ✗ failed |")
                 }
                 Some(o) => {
-                    let mark = if step_passes(o, sw.threshold_ms) { "" } else { " ✗" };
+                    let mark = if step_passes(o, sw.threshold_ms) {
+                        ""
+                    } else {
+                        " ✗"
+                    };
                     let _ = write!(md, " {:.1}{mark} |", o.edit_latency.p99_ms);
                 }
                 None => md.push_str(" – |"),
@@ -481,7 +490,11 @@ async fn run_fanout(a: FanoutArgs, compare: bool) -> anyhow::Result<()> {
         }
         md.push('\n');
     }
-    let mut row = Row::new("knee: highest offered edits/s with p99 under the threshold", false, 0);
+    let mut row = Row::new(
+        "knee: highest offered edits/s with p99 under the threshold",
+        false,
+        0,
+    );
     row.values = knees.clone();
     md.push('\n');
     md.push_str(&report::table(&names, &[row]));
@@ -541,26 +554,39 @@ fn step_passes(o: &doc_fanout::Outcome, threshold_ms: f64) -> bool {
 
 fn fanout_rows(o: &[doc_fanout::Outcome]) -> Vec<Row> {
     let mut rows = Vec::new();
-    let mut add = |name: &str, lower: bool, dec: usize, f: &dyn Fn(&doc_fanout::Outcome) -> Option<f64>| {
-        let mut r = Row::new(name, lower, dec);
-        r.values = o.iter().map(f).collect();
-        rows.push(r);
-    };
+    let mut add =
+        |name: &str, lower: bool, dec: usize, f: &dyn Fn(&doc_fanout::Outcome) -> Option<f64>| {
+            let mut r = Row::new(name, lower, dec);
+            r.values = o.iter().map(f).collect();
+            rows.push(r);
+        };
     add("edit p50 ms", true, 2, &|o| Some(o.edit_latency.p50_ms));
     add("edit p95 ms", true, 2, &|o| Some(o.edit_latency.p95_ms));
     add("edit p99 ms", true, 2, &|o| Some(o.edit_latency.p99_ms));
     add("edit p99.9 ms", true, 2, &|o| Some(o.edit_latency.p999_ms));
     add("edit max ms", true, 1, &|o| Some(o.edit_latency.max_ms));
-    add("delivery p50 ms", true, 2, &|o| Some(o.delivery_latency.p50_ms));
-    add("delivery p99 ms", true, 2, &|o| Some(o.delivery_latency.p99_ms));
-    add("edits/s (all received)", false, 0, &|o| Some(o.edits_per_sec));
+    add("delivery p50 ms", true, 2, &|o| {
+        Some(o.delivery_latency.p50_ms)
+    });
+    add("delivery p99 ms", true, 2, &|o| {
+        Some(o.delivery_latency.p99_ms)
+    });
+    add("edits/s (all received)", false, 0, &|o| {
+        Some(o.edits_per_sec)
+    });
     add("deliveries/s", false, 0, &|o| Some(o.deliveries_per_sec));
-    add("missing deliveries", true, 0, &|o| Some(o.missing_deliveries as f64));
+    add("missing deliveries", true, 0, &|o| {
+        Some(o.missing_deliveries as f64)
+    });
     add("dropped sockets", true, 0, &|o| Some(o.disconnects as f64));
     add("server CPU %", true, 0, &|o| Some(o.server.cpu_pct));
     add("server RSS max MB", true, 1, &|o| Some(o.server.rss_max_mb));
-    add("load generator CPU %", true, 0, &|o| Some(o.loadgen_cpu_pct));
-    add("connect+sync p99 ms", true, 1, &|o| Some(o.connect_latency.p99_ms));
+    add("load generator CPU %", true, 0, &|o| {
+        Some(o.loadgen_cpu_pct)
+    });
+    add("connect+sync p99 ms", true, 1, &|o| {
+        Some(o.connect_latency.p99_ms)
+    });
     rows
 }
 
@@ -616,10 +642,14 @@ async fn run_idle(a: IdleArgs, compare: bool) -> anyhow::Result<()> {
     add("dropped while held", true, 0, &|o| o.dropped as f64);
     add("connect rate /s", false, 0, &|o| o.connect_rate);
     add("connect+sync p99 ms", true, 1, &|o| o.connect_p99_ms);
-    add("server RSS, documents loaded MB", true, 1, &|o| o.rss_base_mb);
+    add("server RSS, documents loaded MB", true, 1, &|o| {
+        o.rss_base_mb
+    });
     add("server RSS, all sockets MB", true, 1, &|o| o.rss_held_mb);
     add("server KiB per idle socket", true, 2, &|o| o.kib_per_socket);
-    add("server CPU while idle %", true, 1, &|o| o.server_cpu_idle_pct);
+    add("server CPU while idle %", true, 1, &|o| {
+        o.server_cpu_idle_pct
+    });
     let mut md = header(
         &format!(
             "idle-connections: {} sockets over {} documents",
@@ -710,18 +740,25 @@ async fn run_cold(a: ColdArgs, compare: bool) -> anyhow::Result<()> {
         outcomes.push(o);
     }
     let mut rows = Vec::new();
-    let mut add = |name: &str, lower: bool, dec: usize, f: &dyn Fn(&cold_load::Outcome) -> Option<f64>| {
-        let mut r = Row::new(name, lower, dec);
-        r.values = outcomes.iter().map(f).collect();
-        rows.push(r);
-    };
+    let mut add =
+        |name: &str, lower: bool, dec: usize, f: &dyn Fn(&cold_load::Outcome) -> Option<f64>| {
+            let mut r = Row::new(name, lower, dec);
+            r.values = outcomes.iter().map(f).collect();
+            rows.push(r);
+        };
     add("warm load p50 ms", true, 1, &|o| Some(o.warm.p50_ms));
     add("warm load max ms", true, 1, &|o| Some(o.warm.max_ms));
-    add("cold load (after restart) p50 ms", true, 1, &|o| o.cold.map(|c| c.p50_ms));
+    add("cold load (after restart) p50 ms", true, 1, &|o| {
+        o.cold.map(|c| c.p50_ms)
+    });
     add("cold load max ms", true, 1, &|o| o.cold.map(|c| c.max_ms));
-    add("initial sync bytes", true, 0, &|o| Some(o.sync_bytes as f64));
+    add("initial sync bytes", true, 0, &|o| {
+        Some(o.sync_bytes as f64)
+    });
     add("build (send the trace) s", true, 1, &|o| Some(o.build_secs));
-    add("server RSS with the document MB", true, 1, &|o| Some(o.server_rss_mb));
+    add("server RSS with the document MB", true, 1, &|o| {
+        Some(o.server_rss_mb)
+    });
     let mut md = header(
         &format!("cold-load: {} operations (B4 size class)", p.ops),
         &command_line(),
@@ -780,7 +817,17 @@ async fn main() -> anyhow::Result<()> {
                 } else {
                     Dialect::YWebsocket
                 };
-                idle::worker(url_template, d, count, offset, docs, source, heartbeat, concurrency).await
+                idle::worker(
+                    url_template,
+                    d,
+                    count,
+                    offset,
+                    docs,
+                    source,
+                    heartbeat,
+                    concurrency,
+                )
+                .await
             }
         }
     };

@@ -314,8 +314,14 @@ mod tests {
         let mut r = Row::new("edit p99 ms", true, 1);
         r.values = vec![Some(2.0), Some(10.0), None];
         let t = table(&["tandem".into(), "a".into(), "b".into()], &[r]);
-        assert!(t.contains("| tandem | a | b | tandem vs a | tandem vs b |"), "{t}");
-        assert!(t.contains("| edit p99 ms | 2.0 | 10.0 | – | 5.0× | – |"), "{t}");
+        assert!(
+            t.contains("| tandem | a | b | tandem vs a | tandem vs b |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| edit p99 ms | 2.0 | 10.0 | – | 5.0× | – |"),
+            "{t}"
+        );
     }
 
     #[test]

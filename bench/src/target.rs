@@ -49,8 +49,8 @@ impl Kind {
     pub fn persistence(&self, opts: &TargetOpts) -> String {
         match self {
             Kind::Tandem => match opts.tandem_store.as_str() {
-                "sqlite" => "Tandem, embedded SQLite (WAL): every update committed before it is broadcast".into(),
-                _ => "Tandem durable: every update committed to PostgreSQL (synchronous_commit=on, group commit) and published to Redis Streams before it is broadcast".into(),
+                "sqlite" => "Tandem, embedded SQLite (WAL): every update committed before anyone sees it".into(),
+                _ => "Tandem durable: every update committed to PostgreSQL (synchronous_commit=on, group commit) before anyone sees it, then published to Redis Streams".into(),
             },
             Kind::Hocuspocus => "@hocuspocus/server 4.7, no persistence extension: documents in memory only (its Database extension would store a snapshot after a 2 s debounce)".into(),
             Kind::YWebsocketServer => "@y/websocket-server 0.1.1 without YPERSISTENCE: documents in memory only".into(),
@@ -112,7 +112,8 @@ mod tempfile_dir {
 
     impl TempDir {
         pub fn new(prefix: &str) -> std::io::Result<Self> {
-            let p = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::now_v7().simple()));
+            let p =
+                std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::now_v7().simple()));
             std::fs::create_dir_all(&p)?;
             Ok(Self(p))
         }
@@ -154,7 +155,10 @@ pub async fn ensure_peers(dir: &Path) -> anyhow::Result<()> {
     {
         return Ok(());
     }
-    eprintln!("bench: installing the peer servers with npm into {}", dir.display());
+    eprintln!(
+        "bench: installing the peer servers with npm into {}",
+        dir.display()
+    );
     let st = Command::new("npm")
         .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
         .current_dir(dir)
@@ -240,7 +244,8 @@ impl Target {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         s.write_all(
-            format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
         )
         .await
         .ok()?;

@@ -287,8 +287,8 @@ mod tests {
         scan_tags(&u1, |t| seen.push(t));
         assert_eq!(seen, vec![t1]);
         // A server that merges updates (Hocuspocus's sync step 2, Tandem's snapshot) joins strings.
-        let merged = yrs::merge_updates_v1([u1.as_slice(), u2.as_slice(), u3.as_slice()])
-            .expect("merge");
+        let merged =
+            yrs::merge_updates_v1([u1.as_slice(), u2.as_slice(), u3.as_slice()]).expect("merge");
         let mut seen = Vec::new();
         scan_tags(&merged, |t| seen.push(t));
         seen.sort_by_key(|t| (t.editor, t.seq));
@@ -301,10 +301,9 @@ mod tests {
     #[test]
     fn malformed_tags_are_skipped() {
         let mut seen = Vec::new();
-        scan_tags(
-            b"\x02T1.2;\x02Tz.1.1;\x02T1.2.3\x02T5.6.7;\x02T",
-            |t| seen.push(t),
-        );
+        scan_tags(b"\x02T1.2;\x02Tz.1.1;\x02T1.2.3\x02T5.6.7;\x02T", |t| {
+            seen.push(t)
+        });
         assert_eq!(
             seen,
             vec![Tag {

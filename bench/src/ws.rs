@@ -125,9 +125,7 @@ pub async fn read(reader: &mut Reader, writer: &Writer) -> Msg {
             OpCode::Ping => {
                 let data = frame.payload.to_vec();
                 let mut w = writer.lock().await;
-                let _ = w
-                    .write_frame(Frame::pong(Payload::Owned(data)))
-                    .await;
+                let _ = w.write_frame(Frame::pong(Payload::Owned(data))).await;
             }
             OpCode::Close => {
                 let code = (frame.payload.len() >= 2)

@@ -11,8 +11,8 @@
 
 #![forbid(unsafe_code)]
 
-mod batch_io;
 pub mod auth;
+mod batch_io;
 pub mod config;
 pub mod conn;
 pub mod error;

@@ -101,6 +101,13 @@ impl Table {
             .min()
     }
 
+    /// One client's latest entry as `(client, clock, json)`; a removed state is `"null"`.
+    pub fn get(&self, client: u64) -> Option<(u64, u64, &str)> {
+        self.states
+            .get(&client)
+            .map(|s| (client, s.clock, s.json.as_deref().unwrap_or("null")))
+    }
+
     /// Every live state as `(client, clock, json)`.
     pub fn live(&self) -> Vec<(u64, u64, &str)> {
         self.states

@@ -15,6 +15,12 @@ pub struct CoreConfig {
     /// Drop an awareness state not renewed for this long (y-protocols clients renew every 15 s).
     #[serde(with = "secs")]
     pub awareness_timeout: Duration,
+    /// Awareness coalescing: changes are gathered per document and broadcast at most once per this
+    /// interval, as one update holding the latest state of every client that changed, instead of
+    /// relaying every client's update to every other connection (O(n²) messages per document).
+    /// Zero relays each update as received (the y-websocket reference server's behaviour).
+    #[serde(with = "secs")]
+    pub awareness_flush: Duration,
     /// Write a snapshot after this many events since the last one.
     pub snapshot_every: u64,
     /// Retention: after each snapshot, delete events older than this many before it. `None` keeps the
@@ -42,6 +48,7 @@ impl Default for CoreConfig {
         Self {
             idle_unload: Duration::from_secs(30),
             awareness_timeout: Duration::from_secs(30),
+            awareness_flush: Duration::from_millis(50),
             snapshot_every: 500,
             retain_events: None,
             max_doc_bytes: 64 * 1024 * 1024,

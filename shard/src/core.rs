@@ -113,6 +113,9 @@ struct DocState {
     /// Updates sent to the store, in seq order, not yet committed.
     inflight: VecDeque<Pending>,
     awareness: awareness::Table,
+    /// Awareness clients changed since the last coalesced broadcast, and when it is due.
+    aw_dirty: BTreeSet<u64>,
+    aw_flush_at: Option<Instant>,
     /// Stored bytes of the document: last snapshot plus updates since (an upper bound of its size).
     stored_bytes: usize,
     since_snapshot: u64,
@@ -138,6 +141,8 @@ impl DocState {
             next: Seq(1),
             inflight: VecDeque::new(),
             awareness: awareness::Table::default(),
+            aw_dirty: BTreeSet::new(),
+            aw_flush_at: None,
             stored_bytes: 0,
             since_snapshot: 0,
             idle_since: None,
@@ -211,7 +216,7 @@ impl ShardCore {
                     .filter(|_| quiet)
                     .map(|t| t + self.cfg.idle_unload);
                 let aw = d.awareness.oldest().map(|t| t + self.cfg.awareness_timeout);
-                [idle, aw]
+                [idle, aw, d.aw_flush_at]
             })
             .flatten()
             .min()
@@ -459,14 +464,25 @@ impl ShardCore {
             return Err(ShardError::AwarenessLimit);
         }
         let mut changed = false;
+        let coalesce = !self.cfg.awareness_flush.is_zero();
         for e in &entries {
-            changed |= d
-                .awareness
-                .apply(now, conn, e.client_id, e.clock, e.state_json);
+            if d.awareness
+                .apply(now, conn, e.client_id, e.clock, e.state_json)
+            {
+                changed = true;
+                if coalesce {
+                    d.aw_dirty.insert(e.client_id);
+                }
+            }
         }
         if changed {
-            // Relayed as received, to every connection of the document (y-websocket server behaviour).
-            self.broadcast(doc, None, message::encode_awareness(raw));
+            if coalesce {
+                // Broadcast with the other changes of this interval (see CoreConfig::awareness_flush).
+                d.aw_flush_at.get_or_insert(now + self.cfg.awareness_flush);
+            } else {
+                // Relayed as received, to every connection of the document (y-websocket server behaviour).
+                self.broadcast(doc, None, message::encode_awareness(raw));
+            }
         }
         Ok(())
     }
@@ -668,7 +684,19 @@ impl ShardCore {
         let aw_deadline = now.checked_sub(self.cfg.awareness_timeout);
         let mut expired: Vec<(DocId, Vec<(u64, u64)>)> = Vec::new();
         let mut idle: Vec<DocId> = Vec::new();
+        let mut coalesced: Vec<(DocId, Vec<u8>)> = Vec::new();
         for (id, d) in self.docs.iter_mut() {
+            if d.aw_flush_at.is_some_and(|t| now >= t) {
+                d.aw_flush_at = None;
+                let dirty = std::mem::take(&mut d.aw_dirty);
+                let entries: Vec<(u64, u64, &str)> =
+                    dirty.iter().filter_map(|c| d.awareness.get(*c)).collect();
+                if !entries.is_empty() {
+                    let msg =
+                        message::encode_awareness(&message::encode_awareness_update(&entries));
+                    coalesced.push((id.clone(), msg));
+                }
+            }
             if let Some(deadline) = aw_deadline {
                 let gone = d.awareness.expire(deadline);
                 if !gone.is_empty() {
@@ -683,6 +711,9 @@ impl ShardCore {
             {
                 idle.push(id.clone());
             }
+        }
+        for (doc, msg) in coalesced {
+            self.broadcast(&doc, None, msg);
         }
         for (doc, gone) in expired {
             let entries: Vec<(u64, u64, &str)> =

@@ -423,9 +423,17 @@ fn awareness_entries(msgs: &[Vec<u8>]) -> Vec<(u64, String)> {
     out
 }
 
+/// Relaying each update as received (the reference server's behaviour, `awareness_flush` = 0).
+fn relay_config() -> CoreConfig {
+    CoreConfig {
+        awareness_flush: Duration::ZERO,
+        ..CoreConfig::default()
+    }
+}
+
 #[test]
 fn awareness_reaches_peers_and_is_removed_on_close() {
-    let mut h = Harness::new(CoreConfig::default());
+    let mut h = Harness::new(relay_config());
     let a = h.open(1, "d", true);
     let b = h.open(2, "d", true);
     h.take(a);
@@ -448,7 +456,7 @@ fn awareness_reaches_peers_and_is_removed_on_close() {
 
 #[test]
 fn awareness_expires_without_renewal() {
-    let mut h = Harness::new(CoreConfig::default());
+    let mut h = Harness::new(relay_config());
     let a = h.open(1, "d", true);
     let b = h.open(2, "d", true);
     h.send(a, awareness_msg(10, 1, r#"{"n":1}"#));
@@ -464,6 +472,54 @@ fn awareness_expires_without_renewal() {
     assert!(awareness_entries(&h.take(b)).is_empty(), "renewed at 20 s");
     h.advance(Duration::from_secs(2));
     assert_eq!(awareness_entries(&h.take(b)), [(10, "null".to_owned())]);
+}
+
+/// Coalesced awareness: many updates from many clients within one interval reach each peer as one
+/// message holding each client's latest state; nothing leaves before the interval ends.
+#[test]
+fn awareness_changes_are_coalesced_per_interval() {
+    let mut h = Harness::new(CoreConfig::default());
+    let flush = CoreConfig::default().awareness_flush;
+    assert!(!flush.is_zero());
+    let a = h.open(1, "d", true);
+    let b = h.open(2, "d", true);
+    let c = h.open(3, "d", true);
+    h.take(a);
+    h.take(b);
+    h.take(c);
+    for clock in 1..=5 {
+        h.send(
+            a,
+            awareness_msg(10, clock, &format!(r#"{{"cursor":{clock}}}"#)),
+        );
+        h.send(
+            b,
+            awareness_msg(20, clock, &format!(r#"{{"cursor":{}}}"#, clock * 10)),
+        );
+    }
+    // A stale update (older clock) changes nothing.
+    h.send(a, awareness_msg(10, 2, r#"{"cursor":"old"}"#));
+    assert!(h.take(c).is_empty(), "nothing before the interval ends");
+    h.advance(flush);
+    let msgs = h.take(c);
+    assert_eq!(msgs.len(), 1, "one message per interval");
+    let mut got = awareness_entries(&msgs);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            (10, r#"{"cursor":5}"#.to_owned()),
+            (20, r#"{"cursor":50}"#.to_owned())
+        ]
+    );
+    // The senders get the merged update too (y-protocols ignores its own state at the same clock).
+    assert_eq!(awareness_entries(&h.take(a)).len(), 2);
+    // Quiet interval: nothing more.
+    h.advance(flush * 3);
+    assert!(h.take(c).is_empty());
+    // A late joiner is greeted with the current states at once.
+    let d = h.open(4, "d", true);
+    assert_eq!(awareness_entries(&h.take(d)).len(), 2);
 }
 
 #[test]

@@ -158,7 +158,9 @@ mod tests {
         ]);
         assert_eq!(owner, vec![0, 1, 1, 2, 3]);
         assert_eq!(
-            m.iter().map(|r| (r.epoch.0, r.first_seq.0, r.events.len())).collect::<Vec<_>>(),
+            m.iter()
+                .map(|r| (r.epoch.0, r.first_seq.0, r.events.len()))
+                .collect::<Vec<_>>(),
             vec![(1, 1, 1), (1, 3, 2), (2, 5, 1), (2, 6, 0)]
         );
     }

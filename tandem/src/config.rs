@@ -111,6 +111,10 @@ pub struct DevOpts {
     /// Seconds an awareness state lives without renewal [default: 30].
     #[arg(long, env = "TANDEM_AWARENESS_TIMEOUT_SECS")]
     pub awareness_timeout_secs: Option<f64>,
+    /// Awareness changes of a document are broadcast together at most once per this many
+    /// milliseconds (0 = relay each update as received) [default: 50].
+    #[arg(long, env = "TANDEM_AWARENESS_FLUSH_MS")]
+    pub awareness_flush_ms: Option<u64>,
     /// Retention: after each snapshot, keep only this many older events (default: keep everything).
     #[arg(long, env = "TANDEM_RETAIN_EVENTS")]
     pub retain_events: Option<u64>,
@@ -188,6 +192,9 @@ impl DevOpts {
         if let Some(v) = self.awareness_timeout_secs {
             c.shard.awareness_timeout =
                 Duration::try_from_secs_f64(v).context("--awareness-timeout-secs")?;
+        }
+        if let Some(v) = self.awareness_flush_ms {
+            c.shard.awareness_flush = Duration::from_millis(v);
         }
         if let Some(v) = self.retain_events {
             c.shard.retain_events = Some(v);

@@ -153,7 +153,9 @@ pub async fn run(
     }
     let drain = {
         let w = w.clone();
-        tokio::spawn(async move { while !matches!(ws::read(&mut r, &w).await, ws::Msg::Closed(_)) {} })
+        tokio::spawn(
+            async move { while !matches!(ws::read(&mut r, &w).await, ws::Msg::Closed(_)) {} },
+        )
     };
     let local = Doc::with_client_id(77);
     let text = local.get_or_insert_text("t");
@@ -184,7 +186,10 @@ pub async fn run(
             break bytes.len();
         }
         if Instant::now() > deadline {
-            bail!("the server never held the whole document (built {} chars)", expected.chars().count());
+            bail!(
+                "the server never held the whole document (built {} chars)",
+                expected.chars().count()
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
@@ -198,11 +203,8 @@ pub async fn run(
         let (t, _) = initial_sync(&url, &dialect, &doc_name).await?;
         warm.record(t);
     }
-    let server_rss_mb = target
-        .pid
-        .and_then(crate::procstat::rss_bytes)
-        .unwrap_or(0) as f64
-        / 1048576.0;
+    let server_rss_mb =
+        target.pid.and_then(crate::procstat::rss_bytes).unwrap_or(0) as f64 / 1048576.0;
 
     let cold = if target.kind == crate::target::Kind::Tandem {
         let mut cold = Latency::new();
@@ -214,7 +216,9 @@ pub async fn run(
             let replica = Replica::new();
             replica.apply(&bytes)?;
             if replica.text() != expected {
-                errors.push(format!("cold load {i}: the document differs after a restart"));
+                errors.push(format!(
+                    "cold load {i}: the document differs after a restart"
+                ));
             }
             cold.record(t);
         }

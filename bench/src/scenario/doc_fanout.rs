@@ -171,7 +171,11 @@ impl Tracker {
             dl.add(&d.deliveries);
             delivered += d.delivered;
             dupes += d.dupes;
-            missing += d.pending.values().map(|p| u64::from(p.remaining)).sum::<u64>();
+            missing += d
+                .pending
+                .values()
+                .map(|p| u64::from(p.remaining))
+                .sum::<u64>();
         }
         (e, dl, delivered, missing, dupes)
     }

@@ -207,7 +207,8 @@ pub async fn worker(
         "latency": lat.summary(),
         "error": first_err,
     });
-    out.write_all(format!("ready {report}\n").as_bytes()).await?;
+    out.write_all(format!("ready {report}\n").as_bytes())
+        .await?;
     out.flush().await?;
 
     // Heartbeats: every socket once per interval, spread over the interval. A WebSocket ping for
@@ -254,7 +255,9 @@ struct WorkerProc {
 /// Parent side.
 pub async fn run(target: &Target, p: &Params, label: &str) -> anyhow::Result<Outcome> {
     let Some(pid) = target.pid else {
-        bail!("idle-connections measures the server's memory: it needs a target the harness starts");
+        bail!(
+            "idle-connections measures the server's memory: it needs a target the harness starts"
+        );
     };
     let dialect = target.kind.dialect();
     let template = target.url_for("{doc}");
