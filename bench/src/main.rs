@@ -212,7 +212,7 @@ struct ConfigFile {
 }
 
 #[derive(Deserialize, Clone)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 struct SweepCfg {
     rates: Vec<f64>,
     step_duration: f64,
@@ -838,5 +838,27 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("\nbench: interrupted");
             std::process::exit(130);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses_with_every_table() {
+        let cfg: ConfigFile =
+            toml::from_str(include_str!("../bench.example.toml")).expect("example parses");
+        assert_eq!(cfg.doc_fanout.expect("doc-fanout").editors, 50);
+        assert_eq!(cfg.sweep.expect("sweep").threshold_ms, 100.0);
+        assert_eq!(cfg.idle_connections.expect("idle").connections, 18_000);
+        assert_eq!(cfg.reconnect_storm.expect("storm").clients, 2_000);
+        assert_eq!(cfg.cold_load.expect("cold").ops, 260_000);
+        assert_eq!(cfg.target.expect("target").tandem_store, "postgres");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<ConfigFile>("[doc-fanout]\ndocs = 1\n[nope]\n").is_err());
     }
 }

@@ -68,6 +68,7 @@ impl Kind {
 
 /// How targets are started.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TargetOpts {
     /// The `tandem` binary [default: next to this `bench` binary, else `tandem` on PATH].
     pub tandem_bin: Option<PathBuf>,

@@ -63,6 +63,14 @@ impl Table {
         }
     }
 
+    /// `(client, clock)` if `client`'s state was removed by `conn` itself (a null state it sent).
+    pub fn removed_by(&self, client: u64, conn: ConnId) -> Option<(u64, u64)> {
+        self.states
+            .get(&client)
+            .filter(|s| s.conn == conn && s.json.is_none())
+            .map(|s| (client, s.clock))
+    }
+
     /// Marks every live state of `conn` removed; returns `(client, new clock)` for each.
     pub fn remove_conn(&mut self, conn: ConnId) -> Vec<(u64, u64)> {
         let mut out = Vec::new();

@@ -508,7 +508,18 @@ impl ShardCore {
         if let Phase::Loading { queued } = &mut d.phase {
             queued.retain(|(q, _)| *q != conn);
         }
-        let gone = d.awareness.remove_conn(conn);
+        // Removals this connection announced that are still waiting for the coalesced broadcast
+        // (a provider's destroy() sends a null state, then closes): its entries leave the table
+        // now, so they go out now.
+        let mut gone: Vec<(u64, u64)> = d
+            .aw_dirty
+            .iter()
+            .filter_map(|c| d.awareness.removed_by(*c, conn))
+            .collect();
+        gone.extend(d.awareness.remove_conn(conn));
+        for (client, _) in &gone {
+            d.aw_dirty.remove(client);
+        }
         if !gone.is_empty() {
             let entries: Vec<(u64, u64, &str)> =
                 gone.iter().map(|(c, k)| (*c, *k, "null")).collect();

@@ -520,6 +520,14 @@ fn awareness_changes_are_coalesced_per_interval() {
     // A late joiner is greeted with the current states at once.
     let d = h.open(4, "d", true);
     assert_eq!(awareness_entries(&h.take(d)).len(), 2);
+    // A provider's destroy(): a null state, then the socket closes before the interval ends. The
+    // removal still reaches the others, at once.
+    h.send(a, awareness_msg(10, 6, "null"));
+    h.core.handle_close(h.now, a);
+    h.step();
+    assert_eq!(awareness_entries(&h.take(c)), [(10, "null".to_owned())]);
+    h.advance(flush * 2);
+    assert!(h.take(c).is_empty(), "no second removal");
 }
 
 #[test]

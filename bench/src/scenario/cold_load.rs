@@ -18,7 +18,7 @@ use crate::wire::{Dialect, Incoming, Replica, SYNC_STEP2, SYNC_UPDATE};
 use crate::ws;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Params {
     pub ops: usize,
     /// Operations per update sent while building the document.

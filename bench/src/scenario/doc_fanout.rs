@@ -19,7 +19,7 @@ use crate::wire::{self, Dialect, EditorDoc, Incoming, Tag, SYNC_STEP2, SYNC_UPDA
 use crate::ws;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Params {
     pub docs: usize,
     pub editors: usize,

@@ -23,7 +23,7 @@ use crate::wire::{Dialect, Incoming, SYNC_STEP2};
 use crate::ws;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Params {
     pub connections: usize,
     /// Documents the sockets are spread over.

@@ -16,7 +16,7 @@ use crate::target::Target;
 use crate::ws;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Params {
     pub clients: usize,
     pub docs: usize,
