@@ -25,6 +25,9 @@ pub struct GatewayConfig {
     pub message_burst: u32,
     /// Seconds a single frame write may take before the socket is dropped.
     pub write_timeout_secs: u64,
+    /// Pending-connection queue of the listening socket (capped by the kernel's `somaxconn`). Too
+    /// small, and a burst of connects overflows it: the dropped SYNs are retried after a second.
+    pub listen_backlog: u32,
     /// Allowed `Origin` values; empty allows any. Requests without `Origin` (non-browser) are allowed.
     pub allowed_origins: Vec<String>,
     /// JWT settings.
@@ -42,6 +45,7 @@ impl Default for GatewayConfig {
             max_messages_per_sec: 500,
             message_burst: 1000,
             write_timeout_secs: 10,
+            listen_backlog: 4096,
             allowed_origins: Vec::new(),
             auth: AuthConfig::default(),
         }

@@ -10,7 +10,6 @@ use store::bus::{BusConfig, BusLog};
 use store::postgres::PgLog;
 use store::sqlite::SqliteLog;
 use store::EventLog;
-use tokio::net::TcpListener;
 
 use crate::config::DevConfig;
 
@@ -35,8 +34,7 @@ pub async fn run(cfg: DevConfig) -> anyhow::Result<()> {
         Routes::new(shards.clone()),
         metrics.clone(),
     )?);
-    let listener = TcpListener::bind(cfg.listen)
-        .await
+    let listener = gateway::server::bind(cfg.listen, cfg.gateway.listen_backlog)
         .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     println!("tandem: listening on http://{addr} (documents at ws://{addr}/doc/{{docId}})");
