@@ -359,29 +359,51 @@ async fn launch(
     Ok(child)
 }
 
-/// Estimates the `q` quantile (seconds) of a Prometheus histogram from its cumulative buckets,
-/// interpolating linearly inside the bucket (as PromQL's `histogram_quantile` does).
-pub fn prometheus_quantile(metrics: &str, name: &str, q: f64) -> Option<f64> {
+/// The cumulative buckets `(le, count)` of a Prometheus histogram in a `/metrics` text.
+fn buckets(metrics: &str, name: &str) -> Vec<(f64, f64)> {
     let prefix = format!("{name}_bucket{{le=\"");
-    let mut buckets: Vec<(f64, f64)> = Vec::new();
-    for line in metrics.lines() {
-        if let Some(rest) = line.strip_prefix(&prefix) {
+    metrics
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(&prefix)?;
             let (le, count) = rest.split_once("\"} ")?;
             let le = if le == "+Inf" {
                 f64::INFINITY
             } else {
                 le.parse().ok()?
             };
-            buckets.push((le, count.trim().parse().ok()?));
-        }
-    }
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Estimates the `q` quantile (seconds) of a Prometheus histogram from its cumulative buckets,
+/// interpolating linearly inside the bucket (as PromQL's `histogram_quantile` does).
+pub fn prometheus_quantile(metrics: &str, name: &str, q: f64) -> Option<f64> {
+    quantile_of(&buckets(metrics, name), q)
+}
+
+/// The same over the observations made between two scrapes (`before` may be empty).
+pub fn prometheus_quantile_between(before: &str, after: &str, name: &str, q: f64) -> Option<f64> {
+    let b = buckets(before, name);
+    let a: Vec<(f64, f64)> = buckets(after, name)
+        .into_iter()
+        .map(|(le, n)| {
+            let prev = b.iter().find(|x| x.0 == le).map_or(0.0, |x| x.1);
+            (le, n - prev)
+        })
+        .collect();
+    quantile_of(&a, q)
+}
+
+fn quantile_of(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
     let total = buckets.last()?.1;
     if total <= 0.0 {
         return None;
     }
     let rank = q * total;
     let mut prev = (0.0, 0.0);
-    for &(le, count) in &buckets {
+    for &(le, count) in buckets {
         if count >= rank {
             if le.is_infinite() {
                 return Some(prev.0);
@@ -419,6 +441,14 @@ x_count 100
         assert!(close(prometheus_quantile(m, "x", 0.7).expect("q"), 0.0015));
         assert!(close(prometheus_quantile(m, "x", 0.95).expect("q"), 0.003));
         assert_eq!(prometheus_quantile(m, "y", 0.5), None);
+        // Between two scrapes: only the later observations count.
+        let before = "x_bucket{le=\"0.001\"} 50\nx_bucket{le=\"0.002\"} 50\nx_bucket{le=\"0.004\"} 50\nx_bucket{le=\"+Inf\"} 50\n";
+        // The 50 new observations: 40 in (0.001, 0.002], 10 in (0.002, 0.004].
+        assert!(close(
+            prometheus_quantile_between(before, m, "x", 0.5).expect("q"),
+            0.001625
+        ));
+        assert_eq!(prometheus_quantile_between(m, m, "x", 0.5), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio::sync::{oneshot, Semaphore};
 
 use crate::procstat::{Sampler, Usage};
 use crate::stats::{Latency, Schedule, Summary};
-use crate::target::Target;
+use crate::target::{prometheus_quantile_between, Target};
 use crate::wire::{self, Dialect, EditorDoc, Incoming, Tag, SYNC_STEP2, SYNC_UPDATE};
 use crate::ws;
 
@@ -360,6 +360,7 @@ pub async fn run(target: &Target, p: &Params, label: &str) -> anyhow::Result<Out
     }
 
     let sampler = target.pid.map(Sampler::start);
+    let metrics_before = target.metrics().await.unwrap_or_default();
     let loadgen_cpu0 = crate::procstat::cpu_seconds(std::process::id());
     // Give the sampler a first sample before the window opens.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -507,10 +508,12 @@ pub async fn run(target: &Target, p: &Params, label: &str) -> anyhow::Result<Out
         server,
         loadgen_cpu_pct,
         server_apply_p95_ms: metrics.as_deref().and_then(|m| {
-            crate::target::prometheus_quantile(m, "tandem_apply_seconds", 0.95).map(|s| s * 1e3)
+            prometheus_quantile_between(&metrics_before, m, "tandem_apply_seconds", 0.95)
+                .map(|s| s * 1e3)
         }),
         server_commit_p95_ms: metrics.as_deref().and_then(|m| {
-            crate::target::prometheus_quantile(m, "tandem_append_seconds", 0.95).map(|s| s * 1e3)
+            prometheus_quantile_between(&metrics_before, m, "tandem_append_seconds", 0.95)
+                .map(|s| s * 1e3)
         }),
         errors,
     })
