@@ -120,15 +120,12 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
     let idle_timeout = Duration::from_secs(gw.cfg.idle_timeout_secs.max(1));
     let ping_every = Duration::from_secs(gw.cfg.ping_interval_secs.max(1));
     gw.metrics.connections.inc();
-    if !shard
-        .open(p.conn, p.doc.clone(), p.actor.clone(), p.can_write, sink)
-        .await
-    {
+    if !Box::pin(shard.open(p.conn, p.doc.clone(), p.actor.clone(), p.can_write, sink)).await {
         let mut w = writer.lock().await;
-        let _ = tokio::time::timeout(
+        let _ = Box::pin(tokio::time::timeout(
             write_timeout,
             send_now(&mut w, Frame::close(1011, b"shard unavailable")),
-        )
+        ))
         .await;
         drop(w);
         gw.metrics.connections.dec();
@@ -145,7 +142,7 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
         let shard = shard.clone();
         let gw = gw.clone();
         let conn = p.conn;
-        tokio::spawn(async move {
+        let reader_fut = async move {
             let mut partial: Option<Vec<u8>> = None;
             let mut bucket = RateLimit::new(gw.cfg.max_messages_per_sec, gw.cfg.message_burst);
             // Set when this side closed because of the client's input: keep reading (and discarding)
@@ -166,7 +163,9 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
                             let mut w = writer.lock().await;
                             send_now(&mut w, frame).await
                         };
-                        match tokio::time::timeout(write_timeout, write).await {
+                        // Boxed: this future lives inside the read future, which is alive (and
+                        // sized for it) the whole time a socket idles.
+                        match Box::pin(tokio::time::timeout(write_timeout, write)).await {
                             Ok(r) => r,
                             Err(_) => Err(WebSocketError::ConnectionClosed),
                         }
@@ -189,7 +188,7 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
                         {
                             Ok(r) => r,
                             Err(_) => {
-                                out_half.close(1001, "idle timeout", write_timeout).await;
+                                Box::pin(out_half.close(1001, "idle timeout", write_timeout)).await;
                                 break;
                             }
                         }
@@ -203,7 +202,7 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
                                 .closes
                                 .with_label_values(&[&code.to_string()])
                                 .inc();
-                            out_half.close(code, reason_for(code), write_timeout).await;
+                            Box::pin(out_half.close(code, reason_for(code), write_timeout)).await;
                         }
                         break;
                     }
@@ -253,8 +252,8 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
                 };
                 match message {
                     Ok(m) => {
-                        bucket.take().await;
-                        if !shard.message(conn, m).await {
+                        Box::pin(bucket.take()).await;
+                        if !Box::pin(shard.message(conn, m)).await {
                             out_half
                                 .close(1011, "shard unavailable", write_timeout)
                                 .await;
@@ -263,13 +262,14 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
                     }
                     Err(code) => {
                         partial = None;
-                        out_half.close(code, reason_for(code), write_timeout).await;
+                        Box::pin(out_half.close(code, reason_for(code), write_timeout)).await;
                         draining = Some(tokio::time::Instant::now() + Duration::from_secs(2));
                     }
                 }
             }
-            shard.close(conn).await;
-        })
+            Box::pin(shard.close(conn)).await;
+        };
+        tokio::spawn(reader_fut)
     };
 
     // Writer: runs until the shard drops or closes this connection. It also pings every
@@ -283,7 +283,7 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
                     let mut w = out_half.writer.lock().await;
                     send_now(&mut w, Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[]))).await
                 };
-                match tokio::time::timeout(write_timeout, write).await {
+                match Box::pin(tokio::time::timeout(write_timeout, write)).await {
                     Ok(Ok(())) => continue,
                     _ => break,
                 }
@@ -310,7 +310,7 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
                         batch_bytes += msg.len();
                         batch_frames += 1;
                         let frame = Frame::new(true, OpCode::Binary, None, Payload::Borrowed(&msg));
-                        if tokio::time::timeout(write_timeout, w.write_frame(frame))
+                        if Box::pin(tokio::time::timeout(write_timeout, w.write_frame(frame)))
                             .await
                             .map_or(true, |r| r.is_err())
                         {
@@ -321,7 +321,7 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
                 }
                 Some(ConnOut::Close(code, reason)) => {
                     drop(w);
-                    out_half.close(code, &reason, write_timeout).await;
+                    Box::pin(out_half.close(code, &reason, write_timeout)).await;
                     stop = true;
                     w = out_half.writer.lock().await;
                     break;
@@ -329,7 +329,7 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
                 None => {
                     drop(w);
                     let code = if killed == 0 { 1001 } else { killed };
-                    out_half.close(code, reason_for(code), write_timeout).await;
+                    Box::pin(out_half.close(code, reason_for(code), write_timeout)).await;
                     stop = true;
                     w = out_half.writer.lock().await;
                     break;
@@ -344,7 +344,7 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
                 Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => None,
             };
         }
-        let flushed = tokio::time::timeout(write_timeout, w.flush())
+        let flushed = Box::pin(tokio::time::timeout(write_timeout, w.flush()))
             .await
             .is_ok_and(|r| r.is_ok());
         drop(w);
@@ -354,12 +354,12 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
     }
     // Give the client a moment to answer our close frame, then tear the reader down.
     let abort = reader_task.abort_handle();
-    if tokio::time::timeout(Duration::from_secs(2), reader_task)
+    if Box::pin(tokio::time::timeout(Duration::from_secs(2), reader_task))
         .await
         .is_err()
     {
         abort.abort();
-        shard.close(p.conn).await;
+        Box::pin(shard.close(p.conn)).await;
     }
     gw.metrics.connections.dec();
 }

@@ -126,12 +126,13 @@ impl Gateway {
             can_write: principal.access >= Access::Write,
         };
         let gw = self.clone();
-        tokio::spawn(async move {
+        let task = async move {
             match fut.await {
                 Ok(ws) => conn::run(gw, shard, params, ws).await,
                 Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
             }
-        });
+        };
+        tokio::spawn(task);
         let (parts, _) = response.into_parts();
         Ok(Response::from_parts(parts, Full::new(Bytes::new())))
     }

@@ -21,8 +21,9 @@ use crate::metrics::Metrics;
 pub enum ConnOut {
     /// A binary message.
     Frame(Arc<[u8]>),
-    /// Close the socket with this code and reason.
-    Close(u16, String),
+    /// Close the socket with this code and reason. (`Box<str>`, not `String`: this enum sizes every
+    /// slot of each socket's queue, allocated up front per connection.)
+    Close(u16, Box<str>),
 }
 
 /// The shard's handle on one connection's outbound queue (bounded: a slow consumer is closed).
@@ -344,7 +345,7 @@ impl Driver {
                 Output::Close { conn, code, reason } => {
                     if let Some(sink) = self.sinks.remove(&conn) {
                         sink.kill_code.store(code, Ordering::Relaxed);
-                        let _ = sink.tx.try_send(ConnOut::Close(code, reason));
+                        let _ = sink.tx.try_send(ConnOut::Close(code, reason.into()));
                         self.metrics
                             .closes
                             .with_label_values(&[&code.to_string()])
@@ -447,7 +448,7 @@ impl Driver {
                 Output::Unloaded { .. } => self.metrics.documents_loaded.dec(),
                 Output::Close { conn, code, reason } => {
                     if let Some(sink) = self.sinks.remove(&conn) {
-                        let _ = sink.tx.try_send(ConnOut::Close(code, reason));
+                        let _ = sink.tx.try_send(ConnOut::Close(code, reason.into()));
                     }
                 }
                 _ => {}
