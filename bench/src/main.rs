@@ -295,6 +295,34 @@ fn write_reports(
     Ok(())
 }
 
+/// Writes a comparison report: title, machine, command, how each target persists, the table, a note.
+#[allow(clippy::too_many_arguments)]
+fn publish(
+    scenario: &str,
+    title: &str,
+    kinds: &[Kind],
+    opts: &TargetOpts,
+    rows: &[Row],
+    note: &str,
+    runs: serde_json::Value,
+    out: &Path,
+    svg: Option<&str>,
+) -> anyhow::Result<()> {
+    let names: Vec<String> = kinds.iter().map(Kind::name).collect();
+    let mut md = header(title, &command_line());
+    md.push_str(&persistence_notes(kinds, opts));
+    md.push_str(&report::table(&names, rows));
+    md.push_str(note);
+    let dir = report::results_dir(out, scenario)?;
+    let json = serde_json::json!({
+        "scenario": scenario,
+        "command": command_line(),
+        "machine": Machine::read(),
+        "runs": runs,
+    });
+    write_reports(&dir, &json, &md, svg)
+}
+
 fn header(title: &str, command: &str) -> String {
     format!(
         "# {title}\n\nMachine: {}.\n\nCommand: `{command}`\n\n",
@@ -351,17 +379,6 @@ async fn run_fanout(a: FanoutArgs, compare: bool) -> anyhow::Result<()> {
             o.persistence = k.persistence(&opts);
             outcomes.push(o);
         }
-        let rows = fanout_rows(&outcomes);
-        let mut md = header(
-            &format!(
-                "doc-fanout: {} documents × {} editors × {} edits/s",
-                p.docs, p.editors, p.rate
-            ),
-            &command_line(),
-        );
-        md.push_str(&persistence_notes(&kinds, &opts));
-        md.push_str(&report::table(&names, &rows));
-        md.push_str(&fanout_notes(&outcomes));
         let series: Vec<Series> = outcomes
             .iter()
             .flat_map(|o| {
@@ -386,14 +403,20 @@ async fn run_fanout(a: FanoutArgs, compare: bool) -> anyhow::Result<()> {
             "latency ms",
             &series,
         );
-        let dir = report::results_dir(&a.common.out, "doc-fanout")?;
-        let json = serde_json::json!({
-            "scenario": "doc-fanout",
-            "command": command_line(),
-            "machine": Machine::read(),
-            "runs": outcomes,
-        });
-        return write_reports(&dir, &json, &md, Some(&svg));
+        return publish(
+            "doc-fanout",
+            &format!(
+                "doc-fanout: {} documents × {} editors × {} edits/s",
+                p.docs, p.editors, p.rate
+            ),
+            &kinds,
+            &opts,
+            &fanout_rows(&outcomes),
+            &fanout_notes(&outcomes),
+            serde_json::to_value(&outcomes)?,
+            &a.common.out,
+            Some(&svg),
+        );
     }
 
     // Sweep: raise the per-editor rate until p99 crosses the threshold (or edits go missing).
@@ -553,41 +576,33 @@ fn step_passes(o: &doc_fanout::Outcome, threshold_ms: f64) -> bool {
 }
 
 fn fanout_rows(o: &[doc_fanout::Outcome]) -> Vec<Row> {
-    let mut rows = Vec::new();
-    let mut add =
-        |name: &str, lower: bool, dec: usize, f: &dyn Fn(&doc_fanout::Outcome) -> Option<f64>| {
-            let mut r = Row::new(name, lower, dec);
-            r.values = o.iter().map(f).collect();
-            rows.push(r);
-        };
-    add("edit p50 ms", true, 2, &|o| Some(o.edit_latency.p50_ms));
-    add("edit p95 ms", true, 2, &|o| Some(o.edit_latency.p95_ms));
-    add("edit p99 ms", true, 2, &|o| Some(o.edit_latency.p99_ms));
-    add("edit p99.9 ms", true, 2, &|o| Some(o.edit_latency.p999_ms));
-    add("edit max ms", true, 1, &|o| Some(o.edit_latency.max_ms));
-    add("delivery p50 ms", true, 2, &|o| {
-        Some(o.delivery_latency.p50_ms)
-    });
-    add("delivery p99 ms", true, 2, &|o| {
-        Some(o.delivery_latency.p99_ms)
-    });
-    add("edits/s (all received)", false, 0, &|o| {
-        Some(o.edits_per_sec)
-    });
-    add("deliveries/s", false, 0, &|o| Some(o.deliveries_per_sec));
-    add("missing deliveries", true, 0, &|o| {
-        Some(o.missing_deliveries as f64)
-    });
-    add("dropped sockets", true, 0, &|o| Some(o.disconnects as f64));
-    add("server CPU %", true, 0, &|o| Some(o.server.cpu_pct));
-    add("server RSS max MB", true, 1, &|o| Some(o.server.rss_max_mb));
-    add("load generator CPU %", true, 0, &|o| {
-        Some(o.loadgen_cpu_pct)
-    });
-    add("connect+sync p99 ms", true, 1, &|o| {
-        Some(o.connect_latency.p99_ms)
-    });
-    rows
+    let mut r = report::Rows::new(o);
+    r.add("edit p50 ms", true, 2, |o| Some(o.edit_latency.p50_ms))
+        .add("edit p95 ms", true, 2, |o| Some(o.edit_latency.p95_ms))
+        .add("edit p99 ms", true, 2, |o| Some(o.edit_latency.p99_ms))
+        .add("edit p99.9 ms", true, 2, |o| Some(o.edit_latency.p999_ms))
+        .add("edit max ms", true, 1, |o| Some(o.edit_latency.max_ms))
+        .add("delivery p50 ms", true, 2, |o| {
+            Some(o.delivery_latency.p50_ms)
+        })
+        .add("delivery p99 ms", true, 2, |o| {
+            Some(o.delivery_latency.p99_ms)
+        })
+        .add("edits/s (all received)", false, 0, |o| {
+            Some(o.edits_per_sec)
+        })
+        .add("deliveries/s", false, 0, |o| Some(o.deliveries_per_sec))
+        .add("missing deliveries", true, 0, |o| {
+            Some(o.missing_deliveries as f64)
+        })
+        .add("dropped sockets", true, 0, |o| Some(o.disconnects as f64))
+        .add("server CPU %", true, 0, |o| Some(o.server.cpu_pct))
+        .add("server RSS max MB", true, 1, |o| Some(o.server.rss_max_mb))
+        .add("load generator CPU %", true, 0, |o| Some(o.loadgen_cpu_pct))
+        .add("connect+sync p99 ms", true, 1, |o| {
+            Some(o.connect_latency.p99_ms)
+        });
+    r.done()
 }
 
 fn fanout_notes(o: &[doc_fanout::Outcome]) -> String {
@@ -621,7 +636,6 @@ async fn run_idle(a: IdleArgs, compare: bool) -> anyhow::Result<()> {
     set(&mut p.per_worker, a.per_worker);
     set(&mut p.heartbeat, a.heartbeat);
     set(&mut p.hold, a.hold);
-    let names: Vec<String> = kinds.iter().map(Kind::name).collect();
     let mut outcomes = Vec::new();
     for k in &kinds {
         let t = Target::start(k, &opts).await?;
@@ -631,43 +645,35 @@ async fn run_idle(a: IdleArgs, compare: bool) -> anyhow::Result<()> {
         o.persistence = k.persistence(&opts);
         outcomes.push(o);
     }
-    let mut rows = Vec::new();
-    let mut add = |name: &str, lower: bool, dec: usize, f: &dyn Fn(&idle::Outcome) -> f64| {
-        let mut r = Row::new(name, lower, dec);
-        r.values = outcomes.iter().map(|o| Some(f(o))).collect();
-        rows.push(r);
-    };
-    add("sockets held", false, 0, &|o| o.connected as f64);
-    add("failed to connect", true, 0, &|o| o.failed as f64);
-    add("dropped while held", true, 0, &|o| o.dropped as f64);
-    add("connect rate /s", false, 0, &|o| o.connect_rate);
-    add("connect+sync p99 ms", true, 1, &|o| o.connect_p99_ms);
-    add("server RSS, documents loaded MB", true, 1, &|o| {
-        o.rss_base_mb
-    });
-    add("server RSS, all sockets MB", true, 1, &|o| o.rss_held_mb);
-    add("server KiB per idle socket", true, 2, &|o| o.kib_per_socket);
-    add("server CPU while idle %", true, 1, &|o| {
-        o.server_cpu_idle_pct
-    });
-    let mut md = header(
-        &format!(
-            "idle-connections: {} sockets over {} documents",
-            p.connections, p.docs
-        ),
-        &command_line(),
-    );
-    md.push_str(&persistence_notes(&kinds, &opts));
-    md.push_str(&report::table(&names, &rows));
-    md.push_str("\nKiB per idle socket = (server RSS with every socket open − RSS with one socket per document) / the other sockets. Each socket completed the initial sync of its document, then idled with client pings.\n");
-    let dir = report::results_dir(&a.common.out, "idle-connections")?;
-    let json = serde_json::json!({
-        "scenario": "idle-connections",
-        "command": command_line(),
-        "machine": Machine::read(),
-        "runs": outcomes,
-    });
-    write_reports(&dir, &json, &md, None)
+    let mut r = report::Rows::new(&outcomes);
+    r.add("sockets held", false, 0, |o| Some(o.connected as f64))
+        .add("failed to connect", true, 0, |o| Some(o.failed as f64))
+        .add("dropped while held", true, 0, |o| Some(o.dropped as f64))
+        .add("connect rate /s", false, 0, |o| Some(o.connect_rate))
+        .add("connect+sync p99 ms", true, 1, |o| Some(o.connect_p99_ms))
+        .add("server RSS, documents loaded MB", true, 1, |o| {
+            Some(o.rss_base_mb)
+        })
+        .add("server RSS, all sockets MB", true, 1, |o| {
+            Some(o.rss_held_mb)
+        })
+        .add("server KiB per idle socket", true, 2, |o| {
+            Some(o.kib_per_socket)
+        })
+        .add("server CPU while idle %", true, 1, |o| {
+            Some(o.server_cpu_idle_pct)
+        });
+    publish(
+        "idle-connections",
+        &format!("idle-connections: {} sockets over {} documents", p.connections, p.docs),
+        &kinds,
+        &opts,
+        &r.done(),
+        "\nKiB per idle socket = (server RSS with every socket open − RSS with one socket per document) / the other sockets. Each socket completed the initial sync of its document, then idled with client heartbeats.\n",
+        serde_json::to_value(&outcomes)?,
+        &a.common.out,
+        None,
+    )
 }
 
 async fn run_storm(a: StormArgs, compare: bool) -> anyhow::Result<()> {
@@ -678,7 +684,6 @@ async fn run_storm(a: StormArgs, compare: bool) -> anyhow::Result<()> {
     set(&mut p.clients, a.clients);
     set(&mut p.docs, a.docs);
     set(&mut p.rounds, a.rounds);
-    let names: Vec<String> = kinds.iter().map(Kind::name).collect();
     let mut outcomes = Vec::new();
     for k in &kinds {
         let t = Target::start(k, &opts).await?;
@@ -688,37 +693,29 @@ async fn run_storm(a: StormArgs, compare: bool) -> anyhow::Result<()> {
         o.persistence = k.persistence(&opts);
         outcomes.push(o);
     }
-    let mut rows = Vec::new();
-    let mut add = |name: &str, lower: bool, dec: usize, f: &dyn Fn(&reconnect::Outcome) -> f64| {
-        let mut r = Row::new(name, lower, dec);
-        r.values = outcomes.iter().map(|o| Some(f(o))).collect();
-        rows.push(r);
-    };
-    add("resync p50 ms", true, 1, &|o| o.resync.p50_ms);
-    add("resync p99 ms", true, 1, &|o| o.resync.p99_ms);
-    add("all resynced (worst round) ms", true, 0, &|o| {
-        o.all_resynced_ms.iter().copied().fold(0.0, f64::max)
-    });
-    add("failed reconnects", true, 0, &|o| o.failed as f64);
-    add("server CPU %", true, 0, &|o| o.server.cpu_pct);
-    add("server RSS max MB", true, 1, &|o| o.server.rss_max_mb);
-    let mut md = header(
+    let mut r = report::Rows::new(&outcomes);
+    r.add("resync p50 ms", true, 1, |o| Some(o.resync.p50_ms))
+        .add("resync p99 ms", true, 1, |o| Some(o.resync.p99_ms))
+        .add("all resynced (worst round) ms", true, 0, |o| {
+            Some(o.all_resynced_ms.iter().copied().fold(0.0, f64::max))
+        })
+        .add("failed reconnects", true, 0, |o| Some(o.failed as f64))
+        .add("server CPU %", true, 0, |o| Some(o.server.cpu_pct))
+        .add("server RSS max MB", true, 1, |o| Some(o.server.rss_max_mb));
+    publish(
+        "reconnect-storm",
         &format!(
             "reconnect-storm: {} clients over {} documents, {} storms",
             p.clients, p.docs, p.rounds
         ),
-        &command_line(),
-    );
-    md.push_str(&persistence_notes(&kinds, &opts));
-    md.push_str(&report::table(&names, &rows));
-    let dir = report::results_dir(&a.common.out, "reconnect-storm")?;
-    let json = serde_json::json!({
-        "scenario": "reconnect-storm",
-        "command": command_line(),
-        "machine": Machine::read(),
-        "runs": outcomes,
-    });
-    write_reports(&dir, &json, &md, None)
+        &kinds,
+        &opts,
+        &r.done(),
+        "",
+        serde_json::to_value(&outcomes)?,
+        &a.common.out,
+        None,
+    )
 }
 
 async fn run_cold(a: ColdArgs, compare: bool) -> anyhow::Result<()> {
@@ -729,7 +726,6 @@ async fn run_cold(a: ColdArgs, compare: bool) -> anyhow::Result<()> {
     set(&mut p.ops, a.ops);
     set(&mut p.batch, a.batch);
     set(&mut p.loads, a.loads);
-    let names: Vec<String> = kinds.iter().map(Kind::name).collect();
     let mut outcomes = Vec::new();
     for k in &kinds {
         let mut t = Target::start(k, &opts).await?;
@@ -739,41 +735,29 @@ async fn run_cold(a: ColdArgs, compare: bool) -> anyhow::Result<()> {
         o.persistence = k.persistence(&opts);
         outcomes.push(o);
     }
-    let mut rows = Vec::new();
-    let mut add =
-        |name: &str, lower: bool, dec: usize, f: &dyn Fn(&cold_load::Outcome) -> Option<f64>| {
-            let mut r = Row::new(name, lower, dec);
-            r.values = outcomes.iter().map(f).collect();
-            rows.push(r);
-        };
-    add("warm load p50 ms", true, 1, &|o| Some(o.warm.p50_ms));
-    add("warm load max ms", true, 1, &|o| Some(o.warm.max_ms));
-    add("cold load (after restart) p50 ms", true, 1, &|o| {
-        o.cold.map(|c| c.p50_ms)
-    });
-    add("cold load max ms", true, 1, &|o| o.cold.map(|c| c.max_ms));
-    add("initial sync bytes", true, 0, &|o| {
-        Some(o.sync_bytes as f64)
-    });
-    add("build (send the trace) s", true, 1, &|o| Some(o.build_secs));
-    add("server RSS with the document MB", true, 1, &|o| {
-        Some(o.server_rss_mb)
-    });
-    let mut md = header(
+    let mut r = report::Rows::new(&outcomes);
+    r.add("warm load p50 ms", true, 1, |o| Some(o.warm.p50_ms))
+        .add("warm load max ms", true, 1, |o| Some(o.warm.max_ms))
+        .add("cold load (after restart) p50 ms", true, 1, |o| {
+            o.cold.map(|c| c.p50_ms)
+        })
+        .add("cold load max ms", true, 1, |o| o.cold.map(|c| c.max_ms))
+        .add("initial sync bytes", true, 0, |o| Some(o.sync_bytes as f64))
+        .add("build (send the trace) s", true, 1, |o| Some(o.build_secs))
+        .add("server RSS with the document MB", true, 1, |o| {
+            Some(o.server_rss_mb)
+        });
+    publish(
+        "cold-load",
         &format!("cold-load: {} operations (B4 size class)", p.ops),
-        &command_line(),
-    );
-    md.push_str(&persistence_notes(&kinds, &opts));
-    md.push_str(&report::table(&names, &rows));
-    md.push_str("\nA target without persistence has no cold load: its document is gone after a restart (–).\n");
-    let dir = report::results_dir(&a.common.out, "cold-load")?;
-    let json = serde_json::json!({
-        "scenario": "cold-load",
-        "command": command_line(),
-        "machine": Machine::read(),
-        "runs": outcomes,
-    });
-    write_reports(&dir, &json, &md, None)
+        &kinds,
+        &opts,
+        &r.done(),
+        "\nA target without persistence has no cold load: its document is gone after a restart (–).\n",
+        serde_json::to_value(&outcomes)?,
+        &a.common.out,
+        None,
+    )
 }
 
 async fn run_scenario(s: Scenario, compare: bool) -> anyhow::Result<()> {

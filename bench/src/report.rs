@@ -69,6 +69,39 @@ impl Row {
     }
 }
 
+/// Builds the rows of a comparison table from one outcome per target.
+pub struct Rows<'a, O> {
+    outcomes: &'a [O],
+    rows: Vec<Row>,
+}
+
+impl<'a, O> Rows<'a, O> {
+    pub fn new(outcomes: &'a [O]) -> Self {
+        Self {
+            outcomes,
+            rows: Vec::new(),
+        }
+    }
+
+    /// A row named `name`, `decimals` digits, with `f`'s value for each outcome (`None`: no value).
+    pub fn add(
+        &mut self,
+        name: &str,
+        lower_is_better: bool,
+        decimals: usize,
+        f: impl Fn(&O) -> Option<f64>,
+    ) -> &mut Self {
+        let mut r = Row::new(name, lower_is_better, decimals);
+        r.values = self.outcomes.iter().map(f).collect();
+        self.rows.push(r);
+        self
+    }
+
+    pub fn done(self) -> Vec<Row> {
+        self.rows
+    }
+}
+
 /// How many times better the first target is than `other` on this row (>1: the first is better).
 pub fn advantage(first: f64, other: f64, lower_is_better: bool) -> Option<f64> {
     if first <= 0.0 || other <= 0.0 || !first.is_finite() || !other.is_finite() {
