@@ -5,7 +5,8 @@
 //! stores inserted strings verbatim (UTF-8) inside updates, and servers relay or merge updates
 //! without re-encoding strings, so a receiver finds the tags by scanning the update bytes instead
 //! of integrating every update into its own document (which on a 2-core machine would make the load
-//! generator, not the server, the bottleneck). `--verify` integrates them with yrs as well.
+//! generator, not the server, the bottleneck). The cold-load scenario does integrate what it receives
+//! (with yrs) and checks the text.
 
 use proto::yjs::lib0::{Decoder, Encoder};
 use yrs::{updates::decoder::Decode, Doc, GetString, ReadTxn, Text, Transact, Update};
@@ -223,7 +224,7 @@ impl EditorDoc {
     }
 }
 
-/// Integrates updates into a full replica: `--verify` and the cold-load scenario use it.
+/// Integrates updates into a full replica (the cold-load scenario checks the document with it).
 pub struct Replica {
     doc: Doc,
 }
