@@ -23,7 +23,8 @@ pub struct GatewayConfig {
     pub max_messages_per_sec: u32,
     /// Messages one socket may send in a burst above the sustained rate.
     pub message_burst: u32,
-    /// Seconds a single frame write may take before the socket is dropped.
+    /// Seconds one write to the socket (a frame, or a batch of queued frames up to 256 KiB) may take
+    /// before the socket is dropped.
     pub write_timeout_secs: u64,
     /// Pending-connection queue of the listening socket (capped by the kernel's `somaxconn`). Too
     /// small, and a burst of connects overflows it: the dropped SYNs are retried after a second.

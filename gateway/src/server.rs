@@ -175,7 +175,6 @@ fn text(status: u16, body: &str, ctype: &str) -> Response<Full<Bytes>> {
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
-/// Serves HTTP and WebSocket on `listener` until `shutdown` resolves.
 /// Binds the listening socket with `backlog` pending connections (tokio's `TcpListener::bind`
 /// uses 1024; `bench idle-connections` overflowed it while opening 18,000 sockets, and every
 /// dropped SYN cost its client a one-second retry).
@@ -190,6 +189,7 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     sock.listen(backlog.max(1))
 }
 
+/// Serves HTTP and WebSocket on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     gw: Arc<Gateway>,

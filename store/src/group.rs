@@ -38,16 +38,50 @@ pub(crate) async fn writer_loop<F, Fut>(
             replies.push((batch.len(), reply));
             requests.extend(batch);
         }
-        let (merged, owner) = coalesce(requests);
+        let (merged, owner, parts) = coalesce(requests);
+        let joined = parts.iter().any(|p| p.len() > 1);
+        // Kept to split a joined request back into its parts if it fails on its own (see below).
+        let backup = joined.then(|| merged.clone());
         let n = merged.len();
         let merged_results = match commit(merged).await {
             Ok(r) => r,
             // The transaction did not commit: nothing of this batch is durable, nothing is acked.
             Err(e) => vec![Err(e); n],
         };
+        // A joined request that failed by itself (a retried part, a duplicate id, a seq conflict)
+        // must not take its other parts down: commit those parts again unjoined, each with its own
+        // result, exactly as if they had never been joined.
+        let mut part_results: std::collections::HashMap<usize, Vec<Result<(), StoreError>>> =
+            std::collections::HashMap::new();
+        if let Some(backup) = backup {
+            let mut retry = Vec::new();
+            let mut retried = Vec::new();
+            for (m, res) in merged_results.iter().enumerate() {
+                if parts[m].len() > 1
+                    && matches!(res, Err(e) if !matches!(e, StoreError::Unavailable(_)))
+                {
+                    retry.extend(split(&backup[m], &parts[m]));
+                    retried.push(m);
+                }
+            }
+            if !retry.is_empty() {
+                let count = retry.len();
+                let mut results = match commit(retry).await {
+                    Ok(r) => r,
+                    Err(e) => vec![Err(e); count],
+                }
+                .into_iter();
+                for m in retried {
+                    part_results.insert(m, results.by_ref().take(parts[m].len()).collect());
+                }
+            }
+        }
         let results: Vec<Result<(), StoreError>> = owner
             .iter()
-            .map(|&m| {
+            .map(|&(m, k)| {
+                if let Some(r) = part_results.get(&m).and_then(|r| r.get(k)) {
+                    return r.clone();
+                }
                 merged_results
                     .get(m)
                     .cloned()
@@ -61,33 +95,57 @@ pub(crate) async fn writer_loop<F, Fut>(
     }
 }
 
+/// What [`coalesce`] returns: joined requests, (joined index, part number) per input request, and
+/// the event count of each part per joined request.
+pub(crate) type Coalesced = (Vec<AppendRequest>, Vec<(usize, usize)>, Vec<Vec<usize>>);
+
 /// Joins requests that continue the previous request on the same stream (same epoch, next seq)
 /// into one, so a stream with many small appends queued costs one row in each statement of the
-/// commit instead of one commit round per request. Returns the joined requests and, for each input
-/// request, the index of the joined request that carries it (its result is that one's result: the
-/// joined request commits or fails as a whole, as its parts would have in sequence).
-pub(crate) fn coalesce(requests: Vec<AppendRequest>) -> (Vec<AppendRequest>, Vec<usize>) {
+/// commit instead of one commit round per request. Returns the joined requests; for each input
+/// request, the joined request that carries it and its part number there; and for each joined
+/// request, the event count of each part (to split it again, see `split`).
+pub(crate) fn coalesce(requests: Vec<AppendRequest>) -> Coalesced {
     use std::collections::HashMap;
     let mut merged: Vec<AppendRequest> = Vec::with_capacity(requests.len());
     let mut owner = Vec::with_capacity(requests.len());
+    let mut parts: Vec<Vec<usize>> = Vec::with_capacity(requests.len());
     let mut latest: HashMap<crate::StreamId, usize> = HashMap::new();
     for req in requests {
         if let Some(&m) = latest.get(&req.stream) {
             let prev = &mut merged[m];
             if prev.epoch == req.epoch
                 && !req.events.is_empty()
+                && !prev.events.is_empty()
                 && prev.first_seq.0 + prev.events.len() as u64 == req.first_seq.0
             {
+                owner.push((m, parts[m].len()));
+                parts[m].push(req.events.len());
                 prev.events.extend(req.events);
-                owner.push(m);
                 continue;
             }
         }
         latest.insert(req.stream.clone(), merged.len());
-        owner.push(merged.len());
+        owner.push((merged.len(), 0));
+        parts.push(vec![req.events.len()]);
         merged.push(req);
     }
-    (merged, owner)
+    (merged, owner, parts)
+}
+
+/// Splits a joined request back into its parts (event counts `lens`).
+fn split(joined: &AppendRequest, lens: &[usize]) -> Vec<AppendRequest> {
+    let mut out = Vec::with_capacity(lens.len());
+    let mut at = 0usize;
+    for &len in lens {
+        out.push(AppendRequest {
+            stream: joined.stream.clone(),
+            epoch: joined.epoch,
+            first_seq: proto::Seq(joined.first_seq.0 + at as u64),
+            events: joined.events[at..at + len].to_vec(),
+        });
+        at += len;
+    }
+    out
 }
 
 /// Sends one `append` call to a writer task and waits for its results.
@@ -134,14 +192,26 @@ mod tests {
 
     #[test]
     fn contiguous_requests_on_a_stream_are_joined() {
-        let (m, owner) = coalesce(vec![
+        let input = vec![
             req("a", 1, 1, 1),
             req("b", 1, 7, 2),
             req("a", 1, 2, 2),
             req("a", 1, 4, 1),
             req("b", 1, 9, 1),
-        ]);
-        assert_eq!(owner, vec![0, 1, 0, 0, 1]);
+        ];
+        let (m, owner, parts) = coalesce(input.clone());
+        assert_eq!(owner, vec![(0, 0), (1, 0), (0, 1), (0, 2), (1, 1)]);
+        assert_eq!(parts, vec![vec![1, 2, 1], vec![2, 1]]);
+        // Split again, the parts are the original requests.
+        let again = split(&m[0], &parts[0]);
+        let originals = [&input[0], &input[2], &input[3]];
+        for (a, b) in again.iter().zip(originals) {
+            assert_eq!((a.first_seq, a.events.len()), (b.first_seq, b.events.len()));
+            assert_eq!(
+                a.events.iter().map(|e| e.id).collect::<Vec<_>>(),
+                b.events.iter().map(|e| e.id).collect::<Vec<_>>()
+            );
+        }
         assert_eq!(m.len(), 2);
         assert_eq!((m[0].first_seq, m[0].events.len()), (Seq(1), 4));
         assert_eq!((m[1].first_seq, m[1].events.len()), (Seq(7), 3));
@@ -149,14 +219,14 @@ mod tests {
 
     #[test]
     fn gaps_epoch_changes_and_empty_requests_stay_apart_in_order() {
-        let (m, owner) = coalesce(vec![
+        let (m, owner, _) = coalesce(vec![
             req("a", 1, 1, 1),
             req("a", 1, 3, 1), // gap: its own request (the store refuses it)
             req("a", 1, 4, 1), // continues the gapped one, not the first
             req("a", 2, 5, 1), // new epoch
             req("a", 2, 6, 0), // empty
         ]);
-        assert_eq!(owner, vec![0, 1, 1, 2, 3]);
+        assert_eq!(owner, vec![(0, 0), (1, 0), (1, 1), (2, 0), (3, 0)]);
         assert_eq!(
             m.iter()
                 .map(|r| (r.epoch.0, r.first_seq.0, r.events.len()))

@@ -54,6 +54,31 @@ async fn contract(log: Arc<dyn EventLog>) {
     let r = log.append(vec![req(&a, ea, 4, vec![ev(5), dup])]).await;
     assert_eq!(r, vec![Err(StoreError::Duplicate)]);
 
+    // Several requests of one stream in one call keep their own results, however the store groups
+    // them: a retried (committed) request followed by a new one is a no-op, then a commit.
+    let c = stream(&format!("c-{run}"));
+    let ec = log.acquire(&c, &shard).await.expect("acquire c");
+    let first = req(&c, ec, 1, vec![ev(20)]);
+    assert_eq!(log.append(vec![first.clone()]).await, vec![Ok(())]);
+    let r = log
+        .append(vec![first.clone(), req(&c, ec, 2, vec![ev(21)])])
+        .await;
+    assert_eq!(r, vec![Ok(()), Ok(())]);
+    // A valid request followed by one reusing its id: the first commits, the second is refused.
+    let x = ev(22);
+    let r = log
+        .append(vec![
+            req(&c, ec, 3, vec![x.clone()]),
+            req(&c, ec, 4, vec![x]),
+        ])
+        .await;
+    assert_eq!(r, vec![Ok(()), Err(StoreError::Duplicate)]);
+    let got = log.read(&c, Seq(0), 100).await.expect("read c");
+    assert_eq!(
+        got.iter().map(|e| e.seq.0).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+
     // Fencing: after a takeover, the old epoch cannot append or snapshot.
     let ea2 = log.acquire(&a, &shard).await.expect("re-acquire");
     assert_eq!(ea2, Epoch(2));

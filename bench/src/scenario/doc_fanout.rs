@@ -96,6 +96,8 @@ struct Pending {
     remaining: u32,
     max_us: u64,
     measured: bool,
+    /// Editors that have it (bit per editor index), so a second copy is a duplicate, not progress.
+    seen: Vec<u64>,
 }
 
 #[derive(Default)]
@@ -105,19 +107,26 @@ struct DocTrack {
     deliveries: Latency,
     delivered: u64,
     dupes: u64,
+    /// Measured edits completed, and deliveries, by the end of the send window (throughput).
+    edits_in_window: u64,
+    deliveries_in_window: u64,
 }
 
 /// Per-document bookkeeping shared by a document's editors.
 pub struct Tracker {
     docs: Vec<Mutex<DocTrack>>,
     warmup_us: u64,
+    window_end_us: u64,
 }
 
 impl Tracker {
-    pub fn new(docs: usize, warmup: Duration) -> Self {
+    /// Edits intended before `warmup` are delivered but not measured; throughput counts what
+    /// completed by `window_end` (the end of the send window, not of the grace period).
+    pub fn new(docs: usize, warmup: Duration, window_end: Duration) -> Self {
         Self {
             docs: (0..docs).map(|_| Mutex::new(DocTrack::default())).collect(),
             warmup_us: warmup.as_micros() as u64,
+            window_end_us: window_end.as_micros() as u64,
         }
     }
 
@@ -133,31 +142,56 @@ impl Tracker {
                 remaining: receivers,
                 max_us: 0,
                 measured: tag.intended_us >= self.warmup_us,
+                seen: Vec::new(),
             },
         );
     }
 
-    /// An editor received `tag` at `now_us` (since the run's start).
-    pub fn received(&self, doc: usize, tag: Tag, now_us: u64) {
+    /// Editor `receiver` received `tag` at `now_us` (since the run's start).
+    pub fn received(&self, doc: usize, tag: Tag, receiver: u32, now_us: u64) {
         let lat = now_us.saturating_sub(tag.intended_us);
+        let in_window = now_us <= self.window_end_us;
         let mut d = self.docs[doc].lock().expect("tracker lock");
         let d = &mut *d;
         let Some(p) = d.pending.get_mut(&(tag.editor, tag.seq)) else {
             d.dupes += 1;
             return;
         };
+        let (word, bit) = ((receiver / 64) as usize, 1u64 << (receiver % 64));
+        if p.seen.len() <= word {
+            p.seen.resize(word + 1, 0);
+        }
+        if p.seen[word] & bit != 0 {
+            d.dupes += 1;
+            return;
+        }
+        p.seen[word] |= bit;
         d.delivered += 1;
         if p.measured {
             d.deliveries.record_us(lat);
+            if in_window {
+                d.deliveries_in_window += 1;
+            }
         }
         p.max_us = p.max_us.max(lat);
         p.remaining -= 1;
         if p.remaining == 0 {
             if p.measured {
                 d.edits.record_us(p.max_us);
+                if in_window {
+                    d.edits_in_window += 1;
+                }
             }
             d.pending.remove(&(tag.editor, tag.seq));
         }
+    }
+
+    /// (measured edits completed, measured deliveries) by the end of the send window.
+    pub fn in_window(&self) -> (u64, u64) {
+        self.docs.iter().fold((0, 0), |(e, dl), d| {
+            let d = d.lock().expect("tracker lock");
+            (e + d.edits_in_window, dl + d.deliveries_in_window)
+        })
     }
 
     /// (edit latency, delivery latency, delivered, missing deliveries, duplicates) over all docs.
@@ -245,7 +279,7 @@ async fn open_editor(
                                     let now = start.elapsed().as_micros() as u64;
                                     wire::scan_tags(u, |t| {
                                         if t.editor != idx {
-                                            tracker.received(doc_idx, t, now)
+                                            tracker.received(doc_idx, t, idx, now)
                                         }
                                     });
                                 }
@@ -301,7 +335,11 @@ pub async fn run(target: &Target, p: &Params, label: &str) -> anyhow::Result<Out
     let dialect = target.kind.dialect();
     let run_id = uuid::Uuid::now_v7().simple().to_string();
     let warmup = Duration::from_secs_f64(p.warmup);
-    let tracker = Arc::new(Tracker::new(p.docs, warmup));
+    let tracker = Arc::new(Tracker::new(
+        p.docs,
+        warmup,
+        warmup + Duration::from_secs_f64(p.duration),
+    ));
     let start_cell = Arc::new(std::sync::OnceLock::new());
     let counters = Arc::new(Counters::default());
     let connect_timeout = Duration::from_secs(30);
@@ -361,10 +399,10 @@ pub async fn run(target: &Target, p: &Params, label: &str) -> anyhow::Result<Out
 
     let sampler = target.pid.map(Sampler::start);
     let metrics_before = target.metrics().await.unwrap_or_default();
-    let loadgen_cpu0 = crate::procstat::cpu_seconds(std::process::id());
     // Give the sampler a first sample before the window opens.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let start = Instant::now();
+    let loadgen_cpu0 = crate::procstat::cpu_seconds(std::process::id());
     start_cell.set(start).expect("start set once");
     let total = warmup + Duration::from_secs_f64(p.duration);
     let n_editors = editors.len();
@@ -465,10 +503,10 @@ pub async fn run(target: &Target, p: &Params, label: &str) -> anyhow::Result<Out
     }
     ticker.abort();
     progress.finish();
-    let window_end = Instant::now().min(start + total + Duration::from_secs_f64(p.grace));
-    let measured_secs = (send_end.duration_since(start).saturating_sub(warmup))
-        .as_secs_f64()
-        .max(0.001);
+    // Throughput counts what completed inside the measured window (warm-up end → scheduled end),
+    // so a backlog drained during the grace period does not inflate it.
+    let measured_secs = p.duration.max(0.001);
+    let (edits_in_window, deliveries_in_window) = tracker.in_window();
 
     let server = sampler
         .as_ref()
@@ -478,7 +516,7 @@ pub async fn run(target: &Target, p: &Params, label: &str) -> anyhow::Result<Out
         loadgen_cpu0,
         crate::procstat::cpu_seconds(std::process::id()),
     ) {
-        (Some(a), Some(b)) => (b - a) / window_end.duration_since(start).as_secs_f64() * 100.0,
+        (Some(a), Some(b)) => (b - a) / start.elapsed().as_secs_f64().max(0.001) * 100.0,
         _ => 0.0,
     };
     counters.stopping.store(true, Ordering::Relaxed);
@@ -495,8 +533,8 @@ pub async fn run(target: &Target, p: &Params, label: &str) -> anyhow::Result<Out
         params: p.clone(),
         offered_edits_per_sec: p.offered_edits_per_sec(),
         edits_sent: sent,
-        edits_per_sec: edits_h.len() as f64 / measured_secs,
-        deliveries_per_sec: deliveries_h.len() as f64 / measured_secs,
+        edits_per_sec: edits_in_window as f64 / measured_secs,
+        deliveries_per_sec: deliveries_in_window as f64 / measured_secs,
         edit_latency: edits_h.summary(),
         delivery_latency: deliveries_h.summary(),
         connect_latency: connect.summary(),
@@ -536,13 +574,13 @@ mod tests {
     /// the last one.
     #[test]
     fn known_delays_are_accounted_exactly() {
-        let t = Tracker::new(1, Duration::ZERO);
+        let t = Tracker::new(1, Duration::ZERO, Duration::from_secs(1));
         let e = tag(0, 0, 100);
         t.sent(0, e, 3);
-        t.received(0, e, 105_000);
-        t.received(0, e, 107_000);
+        t.received(0, e, 1, 105_000);
+        t.received(0, e, 2, 107_000);
         assert_eq!(t.outstanding(), 1);
-        t.received(0, e, 109_000);
+        t.received(0, e, 3, 109_000);
         assert_eq!(t.outstanding(), 0);
         let (edits, deliveries, delivered, missing, dupes) = t.totals();
         assert_eq!((delivered, missing, dupes), (3, 0, 0));
@@ -555,11 +593,11 @@ mod tests {
 
     #[test]
     fn warmup_edits_count_as_delivered_but_not_measured() {
-        let t = Tracker::new(2, Duration::from_secs(1));
+        let t = Tracker::new(2, Duration::from_secs(1), Duration::from_secs(2));
         t.sent(1, tag(0, 0, 500), 1);
         t.sent(1, tag(0, 1, 1500), 1);
-        t.received(1, tag(0, 0, 500), 600_000);
-        t.received(1, tag(0, 1, 1500), 1_502_000);
+        t.received(1, tag(0, 0, 500), 1, 600_000);
+        t.received(1, tag(0, 1, 1500), 1, 1_502_000);
         let (edits, deliveries, delivered, missing, _) = t.totals();
         assert_eq!((delivered, missing), (2, 0));
         assert_eq!(edits.len(), 1);
@@ -569,14 +607,31 @@ mod tests {
 
     #[test]
     fn missing_and_duplicate_deliveries_are_counted() {
-        let t = Tracker::new(1, Duration::ZERO);
+        let t = Tracker::new(1, Duration::ZERO, Duration::from_secs(1));
         t.sent(0, tag(1, 0, 0), 2);
         t.sent(0, tag(1, 1, 10), 2);
-        t.received(0, tag(1, 0, 0), 1_000);
-        t.received(0, tag(1, 0, 0), 1_000);
-        // The edit was complete after two receptions; a third is a duplicate.
-        t.received(0, tag(1, 0, 0), 1_000);
-        let (_, _, delivered, missing, dupes) = t.totals();
-        assert_eq!((delivered, missing, dupes), (2, 2, 1));
+        t.received(0, tag(1, 0, 0), 2, 1_000);
+        // A second copy to the same editor is a duplicate, not the other editor's delivery.
+        t.received(0, tag(1, 0, 0), 2, 2_000);
+        assert_eq!(t.outstanding(), 2);
+        t.received(0, tag(1, 0, 0), 3, 3_000);
+        // The edit was complete after both editors had it; another copy is a duplicate too.
+        t.received(0, tag(1, 0, 0), 3, 4_000);
+        let (edits, _, delivered, missing, dupes) = t.totals();
+        assert_eq!((delivered, missing, dupes), (2, 2, 2));
+        assert!((edits.summary().max_ms - 3.0).abs() < 0.01);
+    }
+
+    /// Throughput counts what completed inside the send window, not the backlog drained after it.
+    #[test]
+    fn completions_after_the_window_are_not_throughput() {
+        let t = Tracker::new(1, Duration::ZERO, Duration::from_secs(1));
+        t.sent(0, tag(1, 0, 100), 1);
+        t.sent(0, tag(1, 1, 900), 1);
+        t.received(0, tag(1, 0, 100), 2, 200_000);
+        t.received(0, tag(1, 1, 900), 2, 1_400_000);
+        assert_eq!(t.in_window(), (1, 1));
+        let (edits, ..) = t.totals();
+        assert_eq!(edits.len(), 2, "both are still measured for latency");
     }
 }

@@ -278,6 +278,9 @@ pub async fn run(target: &Target, p: &Params, label: &str) -> anyhow::Result<Out
     let rest = p.connections.saturating_sub(docs);
     let per = p.per_worker.clamp(1, 19_000);
     let n_workers = rest.div_ceil(per);
+    if n_workers > 240 {
+        bail!("{n_workers} workers: at most 240 (one source address each, 127.0.0.10 to .249)");
+    }
     let exe = std::env::current_exe().context("locating the bench binary")?;
     let t0 = Instant::now();
     let mut workers = Vec::new();
@@ -373,7 +376,11 @@ pub async fn run(target: &Target, p: &Params, label: &str) -> anyhow::Result<Out
     for h in &base {
         ws::close(&h.writer).await;
     }
-    let beyond = connected.saturating_sub(docs as u64).max(1);
+    // Sockets the server dropped during the hold no longer cost it memory.
+    let beyond = connected
+        .saturating_sub(docs as u64)
+        .saturating_sub(dropped_total)
+        .max(1);
     Ok(Outcome {
         target: target.kind.name(),
         persistence: String::new(),
