@@ -142,6 +142,9 @@ struct FanoutArgs {
     duration: Option<f64>,
     #[arg(long)]
     warmup: Option<f64>,
+    /// Seconds to wait after the last send for edits in flight (then they count as missing).
+    #[arg(long)]
+    grace: Option<f64>,
     /// Raise the per-editor rate step by step; report the highest load with p99 under the threshold.
     #[arg(long)]
     sweep: bool,
@@ -295,6 +298,46 @@ fn write_reports(
     Ok(())
 }
 
+/// An outcome that records how its target persists.
+trait Persisted {
+    fn set_persistence(&mut self, how: String);
+}
+
+macro_rules! persisted {
+    ($($t:ty),*) => {$(
+        impl Persisted for $t {
+            fn set_persistence(&mut self, how: String) {
+                self.persistence = how;
+            }
+        }
+    )*};
+}
+persisted!(
+    doc_fanout::Outcome,
+    idle::Outcome,
+    reconnect::Outcome,
+    cold_load::Outcome
+);
+
+/// Starts each target in turn, runs `run` against it, stops it (also when the run failed), and
+/// stamps each outcome with how its target persists.
+async fn on_each_target<O: Persisted>(
+    kinds: &[Kind],
+    opts: &TargetOpts,
+    mut run: impl AsyncFnMut(&mut Target, &Kind) -> anyhow::Result<O>,
+) -> anyhow::Result<Vec<O>> {
+    let mut out = Vec::with_capacity(kinds.len());
+    for k in kinds {
+        let mut t = Target::start(k, opts).await?;
+        let r = run(&mut t, k).await;
+        t.stop().await;
+        let mut o = r?;
+        o.set_persistence(k.persistence(opts));
+        out.push(o);
+    }
+    Ok(out)
+}
+
 /// Writes a comparison report: title, machine, command, how each target persists, the table, a note.
 #[allow(clippy::too_many_arguments)]
 fn publish(
@@ -360,6 +403,7 @@ async fn run_fanout(a: FanoutArgs, compare: bool) -> anyhow::Result<()> {
     }
     set(&mut p.duration, a.duration);
     set(&mut p.warmup, a.warmup);
+    set(&mut p.grace, a.grace);
     let mut sw = cfg.sweep.clone().unwrap_or_default();
     if let Some(r) = a.sweep_rates.clone() {
         sw.rates = r;
@@ -369,16 +413,10 @@ async fn run_fanout(a: FanoutArgs, compare: bool) -> anyhow::Result<()> {
     let names: Vec<String> = kinds.iter().map(Kind::name).collect();
 
     if !a.sweep {
-        let mut outcomes = Vec::new();
-        for k in &kinds {
-            let t = Target::start(k, &opts).await?;
-            let label = format!("doc-fanout {}", k.name());
-            let r = doc_fanout::run(&t, &p, &label).await;
-            t.stop().await;
-            let mut o = r?;
-            o.persistence = k.persistence(&opts);
-            outcomes.push(o);
-        }
+        let outcomes = on_each_target(&kinds, &opts, async |t, k| {
+            doc_fanout::run(t, &p, &format!("doc-fanout {}", k.name())).await
+        })
+        .await?;
         let series: Vec<Series> = outcomes
             .iter()
             .flat_map(|o| {
@@ -636,15 +674,10 @@ async fn run_idle(a: IdleArgs, compare: bool) -> anyhow::Result<()> {
     set(&mut p.per_worker, a.per_worker);
     set(&mut p.heartbeat, a.heartbeat);
     set(&mut p.hold, a.hold);
-    let mut outcomes = Vec::new();
-    for k in &kinds {
-        let t = Target::start(k, &opts).await?;
-        let r = idle::run(&t, &p, &format!("idle-connections {}", k.name())).await;
-        t.stop().await;
-        let mut o = r?;
-        o.persistence = k.persistence(&opts);
-        outcomes.push(o);
-    }
+    let outcomes = on_each_target(&kinds, &opts, async |t, k| {
+        idle::run(t, &p, &format!("idle-connections {}", k.name())).await
+    })
+    .await?;
     let mut r = report::Rows::new(&outcomes);
     r.add("sockets held", false, 0, |o| Some(o.connected as f64))
         .add("failed to connect", true, 0, |o| Some(o.failed as f64))
@@ -684,15 +717,10 @@ async fn run_storm(a: StormArgs, compare: bool) -> anyhow::Result<()> {
     set(&mut p.clients, a.clients);
     set(&mut p.docs, a.docs);
     set(&mut p.rounds, a.rounds);
-    let mut outcomes = Vec::new();
-    for k in &kinds {
-        let t = Target::start(k, &opts).await?;
-        let r = reconnect::run(&t, &p, &format!("reconnect-storm {}", k.name())).await;
-        t.stop().await;
-        let mut o = r?;
-        o.persistence = k.persistence(&opts);
-        outcomes.push(o);
-    }
+    let outcomes = on_each_target(&kinds, &opts, async |t, k| {
+        reconnect::run(t, &p, &format!("reconnect-storm {}", k.name())).await
+    })
+    .await?;
     let mut r = report::Rows::new(&outcomes);
     r.add("resync p50 ms", true, 1, |o| Some(o.resync.p50_ms))
         .add("resync p99 ms", true, 1, |o| Some(o.resync.p99_ms))
@@ -726,15 +754,10 @@ async fn run_cold(a: ColdArgs, compare: bool) -> anyhow::Result<()> {
     set(&mut p.ops, a.ops);
     set(&mut p.batch, a.batch);
     set(&mut p.loads, a.loads);
-    let mut outcomes = Vec::new();
-    for k in &kinds {
-        let mut t = Target::start(k, &opts).await?;
-        let r = cold_load::run(&mut t, &opts, &p, &format!("cold-load {}", k.name())).await;
-        t.stop().await;
-        let mut o = r?;
-        o.persistence = k.persistence(&opts);
-        outcomes.push(o);
-    }
+    let outcomes = on_each_target(&kinds, &opts, async |t, k| {
+        cold_load::run(t, &opts, &p, &format!("cold-load {}", k.name())).await
+    })
+    .await?;
     let mut r = report::Rows::new(&outcomes);
     r.add("warm load p50 ms", true, 1, |o| Some(o.warm.p50_ms))
         .add("warm load max ms", true, 1, |o| Some(o.warm.max_ms))
@@ -796,10 +819,10 @@ async fn main() -> anyhow::Result<()> {
                 heartbeat,
                 concurrency,
             } => {
-                let d = if dialect == "hocuspocus" {
-                    Dialect::Hocuspocus
-                } else {
-                    Dialect::YWebsocket
+                let d = match dialect.as_str() {
+                    "hocuspocus" => Dialect::Hocuspocus,
+                    "y-websocket" => Dialect::YWebsocket,
+                    other => anyhow::bail!("--dialect {other}: expected y-websocket or hocuspocus"),
                 };
                 idle::worker(
                     url_template,

@@ -3,6 +3,8 @@
 
 use std::future::Future;
 
+use std::sync::Arc;
+
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{AppendRequest, StoreError};
@@ -13,14 +15,15 @@ pub(crate) type Job = (
     oneshot::Sender<Vec<Result<(), StoreError>>>,
 );
 
-/// Runs until every sender is dropped. `commit` gets the flattened requests of up to `max_batch` calls
-/// and returns one result per request, or an error meaning nothing of the batch was committed.
+/// Runs until every sender is dropped. `commit` gets the requests of up to `max_batch` calls (shared,
+/// so a failed joined request can be split again without copying every batch) and returns one result
+/// per request, or an error meaning nothing of the batch was committed.
 pub(crate) async fn writer_loop<F, Fut>(
     mut rx: mpsc::Receiver<Job>,
     max_batch: usize,
     mut commit: F,
 ) where
-    F: FnMut(Vec<AppendRequest>) -> Fut,
+    F: FnMut(Arc<Vec<AppendRequest>>) -> Fut,
     Fut: Future<Output = Result<Vec<Result<(), StoreError>>, StoreError>>,
 {
     let mut pending: Vec<Job> = Vec::new();
@@ -39,11 +42,9 @@ pub(crate) async fn writer_loop<F, Fut>(
             requests.extend(batch);
         }
         let (merged, owner, parts) = coalesce(requests);
-        let joined = parts.iter().any(|p| p.len() > 1);
-        // Kept to split a joined request back into its parts if it fails on its own (see below).
-        let backup = joined.then(|| merged.clone());
+        let merged = Arc::new(merged);
         let n = merged.len();
-        let merged_results = match commit(merged).await {
+        let merged_results = match commit(merged.clone()).await {
             Ok(r) => r,
             // The transaction did not commit: nothing of this batch is durable, nothing is acked.
             Err(e) => vec![Err(e); n],
@@ -53,20 +54,20 @@ pub(crate) async fn writer_loop<F, Fut>(
         // result, exactly as if they had never been joined.
         let mut part_results: std::collections::HashMap<usize, Vec<Result<(), StoreError>>> =
             std::collections::HashMap::new();
-        if let Some(backup) = backup {
+        {
             let mut retry = Vec::new();
             let mut retried = Vec::new();
             for (m, res) in merged_results.iter().enumerate() {
                 if parts[m].len() > 1
                     && matches!(res, Err(e) if !matches!(e, StoreError::Unavailable(_)))
                 {
-                    retry.extend(split(&backup[m], &parts[m]));
+                    retry.extend(split(&merged[m], &parts[m]));
                     retried.push(m);
                 }
             }
             if !retry.is_empty() {
                 let count = retry.len();
-                let mut results = match commit(retry).await {
+                let mut results = match commit(Arc::new(retry)).await {
                     Ok(r) => r,
                     Err(e) => vec![Err(e); count],
                 }

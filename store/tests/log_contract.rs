@@ -88,7 +88,13 @@ async fn contract(log: Arc<dyn EventLog>) {
         seq: Seq(3),
         state: vec![7, 7],
     };
-    assert!(log.write_snapshot(&a, ea, snap.clone()).await.is_err());
+    assert!(
+        matches!(
+            log.write_snapshot(&a, ea, snap.clone()).await,
+            Err(StoreError::StaleEpoch { .. })
+        ),
+        "a stale epoch cannot snapshot"
+    );
 
     // Load = snapshot + tail.
     let loaded = log.load(&a).await.expect("load");
@@ -127,7 +133,13 @@ async fn contract(log: Arc<dyn EventLog>) {
         Ok(0),
         "seq 3 is not covered by a snapshot"
     );
-    assert!(log.prune(&a, ea, Seq(2)).await.is_err(), "stale epoch");
+    assert!(
+        matches!(
+            log.prune(&a, ea, Seq(2)).await,
+            Err(StoreError::StaleEpoch { .. })
+        ),
+        "a stale epoch cannot prune"
+    );
     assert_eq!(log.prune(&a, ea2, Seq(2)).await, Ok(2));
     let left = log.read(&a, Seq(0), 100).await.expect("read");
     assert_eq!(left.iter().map(|e| e.seq.0).collect::<Vec<_>>(), vec![3, 4]);
