@@ -4,9 +4,10 @@
 //! when configured; the token's header picks which of the configured ones applies and nothing else is
 //! accepted. `exp`, `nbf`, `aud`, `iss` and `sub` are required and checked with a small leeway.
 //!
-//! Claims: `sub` (the user id, recorded as the actor of every event), and `docs`, a map from a document
-//! id pattern (`*` matches any run of characters) to `read`, `write` or `admin`. The highest access of
-//! every matching pattern applies. Example: `{"sub":"ada","docs":{"notes-*":"write","*":"read"}, …}`.
+//! Claims: `sub` (the user id, recorded as the actor of every event), `docs`, a map from a document
+//! id pattern (`*` matches any run of characters) to `read`, `write` or `admin`, and `rooms`, the same
+//! for chat rooms. The highest access of every matching pattern applies. Example:
+//! `{"sub":"ada","docs":{"notes-*":"write","*":"read"},"rooms":{"team-*":"write"}, …}`.
 //!
 //! Tokens are never logged.
 
@@ -15,7 +16,7 @@ use std::collections::BTreeMap;
 use jsonwebtoken::{
     decode, decode_header, Algorithm, DecodingKey, EncodingKey, Header, Validation,
 };
-use proto::{DocId, UserId};
+use proto::{DocId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 
 use crate::error::GatewayError;
@@ -94,6 +95,46 @@ pub struct Claims {
     /// Document id pattern → access.
     #[serde(default)]
     pub docs: BTreeMap<String, Access>,
+    /// Room id pattern → access.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rooms: BTreeMap<String, Access>,
+}
+
+/// An authenticated user and every grant of their token (a `/v1` socket checks each document and
+/// room it opens against these).
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The actor recorded on events.
+    pub user: UserId,
+    docs: BTreeMap<String, Access>,
+    rooms: BTreeMap<String, Access>,
+    anonymous: bool,
+}
+
+impl Identity {
+    /// Access on a document, if any.
+    pub fn doc_access(&self, doc: &DocId) -> Option<Access> {
+        if self.anonymous {
+            return Some(Access::Write);
+        }
+        best(&self.docs, doc.as_str())
+    }
+
+    /// Access in a room, if any.
+    pub fn room_access(&self, room: &RoomId) -> Option<Access> {
+        if self.anonymous {
+            return Some(Access::Write);
+        }
+        best(&self.rooms, room.as_str())
+    }
+}
+
+fn best(grants: &BTreeMap<String, Access>, id: &str) -> Option<Access> {
+    grants
+        .iter()
+        .filter(|(pattern, _)| glob_match(pattern, id))
+        .map(|(_, a)| *a)
+        .max()
 }
 
 /// Who is connecting and what they may do on one document.
@@ -136,25 +177,35 @@ impl Authenticator {
 
     /// Authenticates a connection to `doc` with an optional token.
     pub fn authorize(&self, token: Option<&str>, doc: &DocId) -> Result<Principal, GatewayError> {
+        let id = self.authenticate(token)?;
+        let access = id.doc_access(doc).ok_or(GatewayError::Forbidden)?;
+        Ok(Principal {
+            user: id.user,
+            access,
+        })
+    }
+
+    /// Authenticates a token (or anonymous access, when allowed) into the user and their grants.
+    pub fn authenticate(&self, token: Option<&str>) -> Result<Identity, GatewayError> {
         let Some(token) = token else {
             if self.cfg.allow_anonymous {
-                return Ok(Principal {
+                return Ok(Identity {
                     user: UserId::anonymous(),
-                    access: Access::Write,
+                    docs: BTreeMap::new(),
+                    rooms: BTreeMap::new(),
+                    anonymous: true,
                 });
             }
             return Err(GatewayError::Unauthorized);
         };
         let claims = self.verify(token)?;
         let user = UserId::parse(&claims.sub).map_err(|_| GatewayError::Unauthorized)?;
-        let access = claims
-            .docs
-            .iter()
-            .filter(|(pattern, _)| glob_match(pattern, doc.as_str()))
-            .map(|(_, a)| *a)
-            .max()
-            .ok_or(GatewayError::Forbidden)?;
-        Ok(Principal { user, access })
+        Ok(Identity {
+            user,
+            docs: claims.docs,
+            rooms: claims.rooms,
+            anonymous: false,
+        })
     }
 
     /// Verifies signature, algorithm and the registered claims.
@@ -242,6 +293,7 @@ mod tests {
             aud: "tandem".into(),
             iss: "tandem".into(),
             docs: docs.iter().map(|(p, a)| (p.to_string(), *a)).collect(),
+            rooms: BTreeMap::new(),
         }
     }
 
@@ -347,6 +399,22 @@ mod tests {
         // An HS256 token is refused when only ES256 is configured (no algorithm confusion).
         let hs_token = mint_hs256("s3cret", &claims(&[("*", Access::Read)])).expect("mint");
         assert!(a.verify(&hs_token).is_err());
+    }
+
+    #[test]
+    fn room_grants_are_separate_from_document_grants() {
+        let a = hs();
+        let mut c = claims(&[("*", Access::Write)]);
+        c.rooms.insert("team-*".into(), Access::Write);
+        c.rooms.insert("announce".into(), Access::Read);
+        let id = a
+            .authenticate(Some(&mint_hs256("s3cret", &c).expect("mint")))
+            .expect("valid");
+        let room = |s: &str| RoomId::parse(s).expect("valid");
+        assert_eq!(id.room_access(&room("team-1")), Some(Access::Write));
+        assert_eq!(id.room_access(&room("announce")), Some(Access::Read));
+        assert_eq!(id.room_access(&room("secret")), None, "docs grants say nothing about rooms");
+        assert_eq!(id.doc_access(&doc("secret")), Some(Access::Write));
     }
 
     #[test]

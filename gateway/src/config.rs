@@ -29,6 +29,10 @@ pub struct GatewayConfig {
     /// Pending-connection queue of the listening socket (capped by the kernel's `somaxconn`). Too
     /// small, and a burst of connects overflows it: the dropped SYNs are retried after a second.
     pub listen_backlog: u32,
+    /// Documents one `/v1` socket may have open at once.
+    pub max_docs_per_conn: usize,
+    /// Rooms one `/v1` socket may have joined at once.
+    pub max_rooms_per_conn: usize,
     /// Allowed `Origin` values; empty allows any. Requests without `Origin` (non-browser) are allowed.
     pub allowed_origins: Vec<String>,
     /// JWT settings.
@@ -47,6 +51,8 @@ impl Default for GatewayConfig {
             message_burst: 1000,
             write_timeout_secs: 10,
             listen_backlog: 4096,
+            max_docs_per_conn: 100,
+            max_rooms_per_conn: 100,
             allowed_origins: Vec::new(),
             auth: AuthConfig::default(),
         }

@@ -26,7 +26,7 @@ pub struct ConnParams {
     pub can_write: bool,
 }
 
-type Io = TokioIo<Upgraded>;
+pub(crate) type Io = TokioIo<Upgraded>;
 type Sock = crate::batch_io::BatchWriter<tokio::io::WriteHalf<Io>>;
 type Writer = Arc<Mutex<fastwebsockets::WebSocketWrite<Sock>>>;
 
@@ -55,13 +55,13 @@ fn close_code_for(e: &WebSocketError) -> Option<u16> {
 
 /// The connection's write half plus whether a close frame has gone out (RFC 6455 allows one).
 #[derive(Clone)]
-struct Out {
+pub(crate) struct Out {
     writer: Writer,
     closed: Arc<AtomicBool>,
 }
 
 impl Out {
-    async fn close(&self, code: u16, reason: &str, timeout: Duration) {
+    pub(crate) async fn close(&self, code: u16, reason: &str, timeout: Duration) {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -98,184 +98,282 @@ fn reason_for(code: u16) -> &'static str {
 const MAX_BATCH_FRAMES: usize = 256;
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 
-/// Runs a connection until either side closes it.
-pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: WebSocket<Io>) {
+/// What a socket's reader hands each complete message to.
+pub(crate) trait Inbound: Send {
+    /// One complete message (`text`: a text message, already checked to be UTF-8). `Err` closes the
+    /// socket with that code and reason.
+    fn message(
+        &mut self,
+        text: bool,
+        data: Vec<u8>,
+    ) -> impl std::future::Future<Output = Result<(), (u16, &'static str)>> + Send;
+    /// The socket is gone (after the last message).
+    fn finish(&mut self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// A socket after the upgrade: its read half, its write half and its outbound queue.
+pub(crate) struct Socket {
+    pub reader: fastwebsockets::WebSocketRead<tokio::io::ReadHalf<Io>>,
+    pub out: Out,
+    pub queue: shard::ConnQueue,
+    /// The shard's (and, on `/v1`, the gateway's) handle on the outbound queue.
+    pub sink: ConnSink,
+    pub write_timeout: Duration,
+}
+
+impl Socket {
+    pub fn new(gw: &Gateway, mut ws: WebSocket<Io>) -> Self {
+        let max = gw.cfg.max_message_bytes;
+        // The frame reader's own cap (one frame) must admit a full message plus its header.
+        ws.set_max_message_size(max.saturating_add(16));
+        ws.set_auto_close(true);
+        ws.set_auto_pong(true);
+        let (reader, writer) = ws.split(|io| {
+            let (r, w) = tokio::io::split(io);
+            (r, crate::batch_io::BatchWriter::new(w))
+        });
+        let (sink, queue) = ConnSink::new(gw.cfg.outbound_queue, gw.cfg.outbound_queue_bytes);
+        Self {
+            reader,
+            out: Out {
+                writer: Arc::new(Mutex::new(writer)),
+                closed: Arc::new(AtomicBool::new(false)),
+            },
+            queue,
+            sink,
+            write_timeout: Duration::from_secs(gw.cfg.write_timeout_secs.max(1)),
+        }
+    }
+}
+
+/// Runs a y-websocket connection until either side closes it.
+pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, ws: WebSocket<Io>) {
+    let Socket {
+        reader,
+        out: out_half,
+        queue,
+        sink,
+        write_timeout,
+    } = Socket::new(&gw, ws);
+    gw.metrics.connections.inc();
+    if !Box::pin(shard.open(p.conn, p.doc.clone(), p.actor.clone(), p.can_write, sink)).await {
+        Box::pin(out_half.close(1011, "shard unavailable", write_timeout)).await;
+        gw.metrics.connections.dec();
+        return;
+    }
+    let inbound = DocInbound {
+        shard: shard.clone(),
+        conn: p.conn,
+    };
+    let reader_task = tokio::spawn(read_loop(
+        gw.clone(),
+        reader,
+        out_half.clone(),
+        false,
+        inbound,
+    ));
+    write_loop(&gw, &out_half, queue, write_timeout, None).await;
+    // Give the client a moment to answer our close frame, then tear the reader down.
+    let abort = reader_task.abort_handle();
+    if Box::pin(tokio::time::timeout(Duration::from_secs(2), reader_task))
+        .await
+        .is_err()
+    {
+        abort.abort();
+        Box::pin(shard.close(p.conn)).await;
+    }
+    gw.metrics.connections.dec();
+}
+
+/// The y-websocket endpoint: every binary message goes to the document's shard.
+struct DocInbound {
+    shard: ShardHandle,
+    conn: ConnId,
+}
+
+impl Inbound for DocInbound {
+    async fn message(&mut self, _text: bool, data: Vec<u8>) -> Result<(), (u16, &'static str)> {
+        if Box::pin(self.shard.message(self.conn, data)).await {
+            Ok(())
+        } else {
+            Err((1011, "shard unavailable"))
+        }
+    }
+
+    async fn finish(&mut self) {
+        Box::pin(self.shard.close(self.conn)).await;
+    }
+}
+
+/// Reads frames until the client closes, the socket fails, or `inbound` refuses a message; assembles
+/// fragmented messages, enforces the message size and the per-socket rate, and answers protocol
+/// errors with their close codes. Text messages are refused (1003) unless `allow_text`.
+pub(crate) async fn read_loop<I: Inbound>(
+    gw: Arc<Gateway>,
+    mut reader: fastwebsockets::WebSocketRead<tokio::io::ReadHalf<Io>>,
+    out_half: Out,
+    allow_text: bool,
+    mut inbound: I,
+) {
     let max = gw.cfg.max_message_bytes;
-    // The frame reader's own cap (one frame) must admit a full message plus its header.
-    ws.set_max_message_size(max.saturating_add(16));
-    ws.set_auto_close(true);
-    ws.set_auto_pong(true);
     let write_timeout = Duration::from_secs(gw.cfg.write_timeout_secs.max(1));
-    let (mut reader, writer) = ws.split(|io| {
-        let (r, w) = tokio::io::split(io);
-        (r, crate::batch_io::BatchWriter::new(w))
-    });
-    let writer: Writer = Arc::new(Mutex::new(writer));
-    let (sink, queue) = ConnSink::new(gw.cfg.outbound_queue, gw.cfg.outbound_queue_bytes);
+    let idle_timeout = Duration::from_secs(gw.cfg.idle_timeout_secs.max(1));
+    let mut partial: Option<(bool, Vec<u8>)> = None;
+    let mut bucket = RateLimit::new(gw.cfg.max_messages_per_sec, gw.cfg.message_burst);
+    // Set when this side closed because of the client's input: keep reading (and discarding)
+    // until the client's close frame or EOF, so the close frame is not lost to a TCP reset
+    // caused by unread data.
+    let mut draining: Option<tokio::time::Instant> = None;
+    loop {
+        let mut obligated = |frame: Frame<'static>| {
+            let writer = out_half.writer.clone();
+            let closed = out_half.closed.clone();
+            async move {
+                if frame.opcode == OpCode::Close && closed.swap(true, Ordering::SeqCst) {
+                    return Ok(());
+                }
+                // Lock and write under one deadline: a client that never reads must not
+                // wedge the reader (and through the lock, the writer) forever.
+                let write = async {
+                    let mut w = writer.lock().await;
+                    send_now(&mut w, frame).await
+                };
+                // Boxed: this future lives inside the read future, which is alive (and
+                // sized for it) the whole time a socket idles.
+                match Box::pin(tokio::time::timeout(write_timeout, write)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(WebSocketError::ConnectionClosed),
+                }
+            }
+        };
+        let read = match draining {
+            // Cancelling a read is fine here: the connection is being torn down.
+            Some(until) => {
+                match tokio::time::timeout_at(until, reader.read_frame(&mut obligated)).await {
+                    Ok(r) => r,
+                    Err(_) => break,
+                }
+            }
+            // Cancelling on idle timeout is fine for the same reason: the socket is dropped.
+            None => match tokio::time::timeout(idle_timeout, reader.read_frame(&mut obligated))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => {
+                    Box::pin(out_half.close(1001, "idle timeout", write_timeout)).await;
+                    break;
+                }
+            },
+        };
+        let frame = match read {
+            Ok(f) => f,
+            Err(e) => {
+                if let (Some(code), None) = (close_code_for(&e), draining) {
+                    gw.metrics
+                        .closes
+                        .with_label_values(&[&code.to_string()])
+                        .inc();
+                    Box::pin(out_half.close(code, reason_for(code), write_timeout)).await;
+                }
+                break;
+            }
+        };
+        if draining.is_some() {
+            if frame.opcode == OpCode::Close {
+                break;
+            }
+            continue;
+        }
+        let refuse = |code: u16| {
+            gw.metrics
+                .closes
+                .with_label_values(&[&code.to_string()])
+                .inc();
+            code
+        };
+        let mut frame = frame;
+        // RFC 6455 §5.1: a server must close on a frame from the client that is not masked.
+        let masked = is_masked(&mut frame);
+        let message = match frame.opcode {
+            _ if !masked => Err(refuse(1002)),
+            OpCode::Text if !allow_text => Err(refuse(1003)),
+            OpCode::Binary | OpCode::Text if partial.is_some() => Err(refuse(1002)),
+            OpCode::Binary | OpCode::Text if frame.fin => {
+                Ok((frame.opcode == OpCode::Text, frame.payload.to_vec()))
+            }
+            OpCode::Binary | OpCode::Text => {
+                partial = Some((frame.opcode == OpCode::Text, frame.payload.to_vec()));
+                continue;
+            }
+            OpCode::Continuation => match partial.as_mut() {
+                None => Err(refuse(1002)),
+                Some((_, buf)) if buf.len() + frame.payload.len() > max => Err(refuse(1009)),
+                Some((_, buf)) => {
+                    buf.extend_from_slice(&frame.payload);
+                    if !frame.fin {
+                        continue;
+                    }
+                    Ok(partial.take().unwrap_or_default())
+                }
+            },
+            OpCode::Close => break,
+            OpCode::Ping | OpCode::Pong => continue,
+        };
+        let message = match message {
+            Ok((_, m)) if m.len() > max => Err(refuse(1009)),
+            // RFC 6455 §8.1: a text message that is not UTF-8 fails the connection (1007).
+            Ok((true, m)) if std::str::from_utf8(&m).is_err() => Err(refuse(1007)),
+            other => other,
+        };
+        let failed = match message {
+            Ok((text, m)) => {
+                Box::pin(bucket.take()).await;
+                match Box::pin(inbound.message(text, m)).await {
+                    Ok(()) => None,
+                    Err((code, reason)) => {
+                        Box::pin(out_half.close(code, reason, write_timeout)).await;
+                        break;
+                    }
+                }
+            }
+            Err(code) => Some(code),
+        };
+        if let Some(code) = failed {
+            partial = None;
+            Box::pin(out_half.close(code, reason_for(code), write_timeout)).await;
+            draining = Some(tokio::time::Instant::now() + Duration::from_secs(2));
+        }
+    }
+    Box::pin(inbound.finish()).await;
+}
+
+/// Sends what the shards (and, on `/v1`, the gateway) queue for the socket until the queue ends or
+/// closes it, or `closing` turns true (server shutdown: 1001). It also pings every `ping_interval`,
+/// so a silent but healthy client answers with a pong within the reader's idle timeout.
+pub(crate) async fn write_loop(
+    gw: &Gateway,
+    out_half: &Out,
+    queue: shard::ConnQueue,
+    write_timeout: Duration,
+    mut closing: Option<tokio::sync::watch::Receiver<bool>>,
+) {
     let shard::ConnQueue {
         rx: mut out,
         kill_code: kill,
         queued_bytes,
     } = queue;
-    let idle_timeout = Duration::from_secs(gw.cfg.idle_timeout_secs.max(1));
     let ping_every = Duration::from_secs(gw.cfg.ping_interval_secs.max(1));
-    gw.metrics.connections.inc();
-    if !Box::pin(shard.open(p.conn, p.doc.clone(), p.actor.clone(), p.can_write, sink)).await {
-        let mut w = writer.lock().await;
-        let _ = Box::pin(tokio::time::timeout(
-            write_timeout,
-            send_now(&mut w, Frame::close(1011, b"shard unavailable")),
-        ))
-        .await;
-        drop(w);
-        gw.metrics.connections.dec();
-        return;
-    }
-
-    let out_half = Out {
-        writer: writer.clone(),
-        closed: Arc::new(AtomicBool::new(false)),
-    };
-
-    let reader_task = {
-        let out_half = out_half.clone();
-        let shard = shard.clone();
-        let gw = gw.clone();
-        let conn = p.conn;
-        let reader_fut = async move {
-            let mut partial: Option<Vec<u8>> = None;
-            let mut bucket = RateLimit::new(gw.cfg.max_messages_per_sec, gw.cfg.message_burst);
-            // Set when this side closed because of the client's input: keep reading (and discarding)
-            // until the client's close frame or EOF, so the close frame is not lost to a TCP reset
-            // caused by unread data.
-            let mut draining: Option<tokio::time::Instant> = None;
-            loop {
-                let mut obligated = |frame: Frame<'static>| {
-                    let writer = out_half.writer.clone();
-                    let closed = out_half.closed.clone();
-                    async move {
-                        if frame.opcode == OpCode::Close && closed.swap(true, Ordering::SeqCst) {
-                            return Ok(());
-                        }
-                        // Lock and write under one deadline: a client that never reads must not
-                        // wedge the reader (and through the lock, the writer) forever.
-                        let write = async {
-                            let mut w = writer.lock().await;
-                            send_now(&mut w, frame).await
-                        };
-                        // Boxed: this future lives inside the read future, which is alive (and
-                        // sized for it) the whole time a socket idles.
-                        match Box::pin(tokio::time::timeout(write_timeout, write)).await {
-                            Ok(r) => r,
-                            Err(_) => Err(WebSocketError::ConnectionClosed),
-                        }
-                    }
-                };
-                let read = match draining {
-                    // Cancelling a read is fine here: the connection is being torn down.
-                    Some(until) => {
-                        match tokio::time::timeout_at(until, reader.read_frame(&mut obligated))
-                            .await
-                        {
-                            Ok(r) => r,
-                            Err(_) => break,
-                        }
-                    }
-                    // Cancelling on idle timeout is fine for the same reason: the socket is dropped.
-                    None => {
-                        match tokio::time::timeout(idle_timeout, reader.read_frame(&mut obligated))
-                            .await
-                        {
-                            Ok(r) => r,
-                            Err(_) => {
-                                Box::pin(out_half.close(1001, "idle timeout", write_timeout)).await;
-                                break;
-                            }
-                        }
-                    }
-                };
-                let frame = match read {
-                    Ok(f) => f,
-                    Err(e) => {
-                        if let (Some(code), None) = (close_code_for(&e), draining) {
-                            gw.metrics
-                                .closes
-                                .with_label_values(&[&code.to_string()])
-                                .inc();
-                            Box::pin(out_half.close(code, reason_for(code), write_timeout)).await;
-                        }
-                        break;
-                    }
-                };
-                if draining.is_some() {
-                    if frame.opcode == OpCode::Close {
-                        break;
-                    }
-                    continue;
-                }
-                let refuse = |code: u16| {
-                    gw.metrics
-                        .closes
-                        .with_label_values(&[&code.to_string()])
-                        .inc();
-                    code
-                };
-                let mut frame = frame;
-                // RFC 6455 §5.1: a server must close on a frame from the client that is not masked.
-                let masked = is_masked(&mut frame);
-                let message = match frame.opcode {
-                    _ if !masked => Err(refuse(1002)),
-                    OpCode::Binary if partial.is_some() => Err(refuse(1002)),
-                    OpCode::Binary if frame.fin => Ok(frame.payload.to_vec()),
-                    OpCode::Binary => {
-                        partial = Some(frame.payload.to_vec());
-                        continue;
-                    }
-                    OpCode::Continuation => match partial.as_mut() {
-                        None => Err(refuse(1002)),
-                        Some(buf) if buf.len() + frame.payload.len() > max => Err(refuse(1009)),
-                        Some(buf) => {
-                            buf.extend_from_slice(&frame.payload);
-                            if !frame.fin {
-                                continue;
-                            }
-                            Ok(partial.take().unwrap_or_default())
-                        }
-                    },
-                    OpCode::Text => Err(refuse(1003)),
-                    OpCode::Close => break,
-                    OpCode::Ping | OpCode::Pong => continue,
-                };
-                let message = match message {
-                    Ok(m) if m.len() > max => Err(refuse(1009)),
-                    other => other,
-                };
-                match message {
-                    Ok(m) => {
-                        Box::pin(bucket.take()).await;
-                        if !Box::pin(shard.message(conn, m)).await {
-                            out_half
-                                .close(1011, "shard unavailable", write_timeout)
-                                .await;
-                            break;
-                        }
-                    }
-                    Err(code) => {
-                        partial = None;
-                        Box::pin(out_half.close(code, reason_for(code), write_timeout)).await;
-                        draining = Some(tokio::time::Instant::now() + Duration::from_secs(2));
-                    }
-                }
-            }
-            Box::pin(shard.close(conn)).await;
-        };
-        tokio::spawn(reader_fut)
-    };
-
-    // Writer: runs until the shard drops or closes this connection. It also pings every
-    // `ping_every`, so a silent but healthy client answers with a pong within the reader's idle timeout.
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    let mut scratch: Vec<u8> = Vec::new();
     loop {
+        let shutdown = async {
+            match closing.as_mut() {
+                Some(rx) => {
+                    let _ = rx.wait_for(|c| *c).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
         let item = tokio::select! {
             item = out.recv() => item,
             _ = ping.tick() => {
@@ -288,6 +386,10 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
                     _ => break,
                 }
             }
+            _ = shutdown => {
+                Box::pin(out_half.close(1001, reason_for(1001), write_timeout)).await;
+                break;
+            }
         };
         // Every frame already queued goes out in one flush (see batch_io): batching only when frames
         // queue up faster than they leave, never waiting for more.
@@ -298,18 +400,30 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
         let mut w = out_half.writer.lock().await;
         loop {
             let killed = kill.load(Ordering::Relaxed);
-            match item {
-                Some(ConnOut::Frame(msg)) => {
-                    queued_bytes.fetch_sub(msg.len(), Ordering::Relaxed);
+            let data = match &item {
+                Some(ConnOut::Frame(msg)) => Some((OpCode::Binary, &msg[..], msg.len())),
+                Some(ConnOut::Text(msg)) => Some((OpCode::Text, &msg[..], msg.len())),
+                Some(ConnOut::Prefixed(pm)) => {
+                    let (prefix, msg) = &**pm;
+                    scratch.clear();
+                    scratch.extend_from_slice(prefix);
+                    scratch.extend_from_slice(msg);
+                    Some((OpCode::Binary, &scratch[..], scratch.len()))
+                }
+                _ => None,
+            };
+            match (data, item.as_ref()) {
+                (Some((opcode, bytes, len)), _) => {
+                    queued_bytes.fetch_sub(len, Ordering::Relaxed);
                     // Being closed (killed): skip queued frames and look for the close with its reason.
                     if killed == 0 {
                         if out_half.closed.load(Ordering::SeqCst) {
                             stop = true;
                             break;
                         }
-                        batch_bytes += msg.len();
+                        batch_bytes += len;
                         batch_frames += 1;
-                        let frame = Frame::new(true, OpCode::Binary, None, Payload::Borrowed(&msg));
+                        let frame = Frame::new(true, opcode, None, Payload::Borrowed(bytes));
                         if Box::pin(tokio::time::timeout(write_timeout, w.write_frame(frame)))
                             .await
                             .map_or(true, |r| r.is_err())
@@ -319,14 +433,14 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
                         }
                     }
                 }
-                Some(ConnOut::Close(code, reason)) => {
+                (None, Some(ConnOut::Close(code, reason))) => {
                     drop(w);
-                    Box::pin(out_half.close(code, &reason, write_timeout)).await;
+                    Box::pin(out_half.close(*code, reason, write_timeout)).await;
                     stop = true;
                     w = out_half.writer.lock().await;
                     break;
                 }
-                None => {
+                (None, _) => {
                     drop(w);
                     let code = if killed == 0 { 1001 } else { killed };
                     Box::pin(out_half.close(code, reason_for(code), write_timeout)).await;
@@ -340,6 +454,13 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
             }
             item = match out.try_recv() {
                 Ok(next) => Some(next),
+                // Killed with nothing more queued (a slow consumer whose queue other senders keep
+                // open): close now.
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty)
+                    if kill.load(Ordering::Relaxed) != 0 =>
+                {
+                    None
+                }
                 Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
                 Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => None,
             };
@@ -352,16 +473,6 @@ pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, mut ws: We
             break;
         }
     }
-    // Give the client a moment to answer our close frame, then tear the reader down.
-    let abort = reader_task.abort_handle();
-    if Box::pin(tokio::time::timeout(Duration::from_secs(2), reader_task))
-        .await
-        .is_err()
-    {
-        abort.abort();
-        Box::pin(shard.close(p.conn)).await;
-    }
-    gw.metrics.connections.dec();
 }
 
 /// Per-socket token bucket. Over the limit the reader waits instead of reading on, which pushes back on

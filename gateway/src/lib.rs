@@ -1,7 +1,8 @@
 //! The HTTP/WebSocket edge.
 //!
 //! Terminates WebSocket connections (hyper + fastwebsockets), checks the `Origin` allow-list and the JWT
-//! before the upgrade, speaks the y-websocket protocol at `/doc/{docId}`, routes each connection to the
+//! before the upgrade, speaks the y-websocket protocol at `/doc/{docId}` and the native multiplexed
+//! protocol at `/v1` ([`v1`]: many documents and rooms per socket, chat, presence, typing), routes each connection to the
 //! shard that owns its document ([`routing::Routes`]), and serves `/healthz` and `/metrics`.
 //!
 //! Run-loop contract: [`server::serve`] takes a bound listener (tests bind port 0) and a shutdown signal;
@@ -18,6 +19,7 @@ pub mod conn;
 pub mod error;
 pub mod routing;
 pub mod server;
+pub mod v1;
 
 pub use config::GatewayConfig;
 pub use error::GatewayError;

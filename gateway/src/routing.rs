@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use proto::{DocId, StreamId};
+use proto::{DocId, RoomId, StreamId};
 use router::Ring;
 use shard::ShardHandle;
 
@@ -24,6 +24,12 @@ impl Routes {
     /// The owner of `doc`.
     pub fn shard_for(&self, doc: &DocId) -> Option<&ShardHandle> {
         let key = StreamId::Doc(doc.clone()).key();
+        self.ring.owner(&key).and_then(|id| self.shards.get(id))
+    }
+
+    /// The owner of `room`.
+    pub fn shard_for_room(&self, room: &RoomId) -> Option<&ShardHandle> {
+        let key = StreamId::Room(room.clone()).key();
         self.ring.owner(&key).and_then(|id| self.shards.get(id))
     }
 

@@ -30,6 +30,8 @@ pub struct Gateway {
     pub(crate) metrics: Metrics,
     next_conn: AtomicU64,
     closing: AtomicBool,
+    /// Turns true when `/v1` sockets must close (after the shards have committed everything).
+    sessions_closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Gateway {
@@ -43,7 +45,23 @@ impl Gateway {
             metrics,
             next_conn: AtomicU64::new(1),
             closing: AtomicBool::new(false),
+            sessions_closing: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// A fresh connection (or `/v1` document channel) id.
+    pub(crate) fn next_conn_id(&self) -> ConnId {
+        ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed))
+    }
+
+    pub(crate) fn closing_watch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.sessions_closing.subscribe()
+    }
+
+    /// Closes every `/v1` socket with 1001. Call after the shards have shut down (so everything
+    /// acknowledged is committed); y-websocket sockets are closed by their shards.
+    pub fn close_sessions(&self) {
+        self.sessions_closing.send_replace(true);
     }
 
     /// Stops accepting new WebSocket sessions (existing ones are closed by their shards).
@@ -82,6 +100,10 @@ impl Gateway {
             (&Method::GET, "/metrics") => {
                 text(200, &self.metrics.render(), "text/plain; version=0.0.4")
             }
+            (_, "/v1") => match self.clone().upgrade_v1(&mut req).await {
+                Ok(resp) => resp,
+                Err(e) => e.into_response(),
+            },
             (_, p) if p.starts_with("/doc/") => {
                 match self.clone().upgrade_doc(&mut req, &p[5..]).await {
                     Ok(resp) => resp,
@@ -90,6 +112,37 @@ impl Gateway {
             }
             _ => GatewayError::NotFound.into_response(),
         }
+    }
+
+    async fn upgrade_v1(
+        self: Arc<Self>,
+        req: &mut Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, GatewayError> {
+        self.check_origin(req)?;
+        if !fastwebsockets::upgrade::is_upgrade_request(req) {
+            return Err(GatewayError::UpgradeRequired);
+        }
+        let (token, protocol) = find_token(req);
+        let identity = self.auth.authenticate(token.as_deref())?;
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(GatewayError::Unavailable);
+        }
+        let (mut response, fut) =
+            fastwebsockets::upgrade::upgrade(req).map_err(|_| GatewayError::BadHandshake)?;
+        if let Some(p) = protocol {
+            if let Ok(v) = HeaderValue::from_str(&p) {
+                response.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, v);
+            }
+        }
+        let gw = self.clone();
+        tokio::spawn(async move {
+            match fut.await {
+                Ok(ws) => crate::v1::run(gw, identity, ws).await,
+                Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+            }
+        });
+        let (parts, _) = response.into_parts();
+        Ok(Response::from_parts(parts, Full::new(Bytes::new())))
     }
 
     async fn upgrade_doc(
@@ -120,7 +173,7 @@ impl Gateway {
             }
         }
         let params = ConnParams {
-            conn: ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed)),
+            conn: self.next_conn_id(),
             doc,
             actor: principal.user,
             can_write: principal.access >= Access::Write,

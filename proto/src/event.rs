@@ -26,6 +26,10 @@ pub enum EventType {
     UserLeft,
     /// `chat.message.sent` v1.
     ChatMessageSent,
+    /// `chat.message.edited` v1: new text for an earlier message.
+    ChatMessageEdited,
+    /// `chat.message.deleted` v1: an earlier message withdrawn.
+    ChatMessageDeleted,
     /// `typing.started` v1 (ephemeral, never persisted).
     TypingStarted,
     /// `typing.stopped` v1 (ephemeral, never persisted).
@@ -40,11 +44,13 @@ pub enum EventType {
 
 impl EventType {
     /// Every type in the catalog.
-    pub const ALL: [EventType; 9] = [
+    pub const ALL: [EventType; 11] = [
         Self::DocumentUpdated,
         Self::UserJoined,
         Self::UserLeft,
         Self::ChatMessageSent,
+        Self::ChatMessageEdited,
+        Self::ChatMessageDeleted,
         Self::TypingStarted,
         Self::TypingStopped,
         Self::VideoPeerSignal,
@@ -59,6 +65,8 @@ impl EventType {
             Self::UserJoined => "user.joined",
             Self::UserLeft => "user.left",
             Self::ChatMessageSent => "chat.message.sent",
+            Self::ChatMessageEdited => "chat.message.edited",
+            Self::ChatMessageDeleted => "chat.message.deleted",
             Self::TypingStarted => "typing.started",
             Self::TypingStopped => "typing.stopped",
             Self::VideoPeerSignal => "video.peer.signal",
@@ -142,6 +150,26 @@ pub struct ChatMessageSentV1 {
     pub text: String,
 }
 
+/// `chat.message.edited` v1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ChatMessageEditedV1 {
+    /// The sender's idempotency key for this edit.
+    pub client_msg_id: String,
+    /// The seq of the `chat.message.sent` event edited (in the same room stream).
+    pub target: Seq,
+    /// The new text (UTF-8).
+    pub text: String,
+}
+
+/// `chat.message.deleted` v1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ChatMessageDeletedV1 {
+    /// The sender's idempotency key for this deletion.
+    pub client_msg_id: String,
+    /// The seq of the `chat.message.sent` event withdrawn (in the same room stream).
+    pub target: Seq,
+}
+
 /// `typing.started` v1 and `typing.stopped` v1.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TypingV1 {
@@ -185,6 +213,12 @@ pub enum EventPayload {
     /// `chat.message.sent` v1.
     #[serde(rename = "chat.message.sent")]
     ChatMessageSent(ChatMessageSentV1),
+    /// `chat.message.edited` v1.
+    #[serde(rename = "chat.message.edited")]
+    ChatMessageEdited(ChatMessageEditedV1),
+    /// `chat.message.deleted` v1.
+    #[serde(rename = "chat.message.deleted")]
+    ChatMessageDeleted(ChatMessageDeletedV1),
     /// `typing.started` v1.
     #[serde(rename = "typing.started")]
     TypingStarted(TypingV1),
@@ -210,6 +244,8 @@ impl EventPayload {
             Self::UserJoined(_) => EventType::UserJoined,
             Self::UserLeft(_) => EventType::UserLeft,
             Self::ChatMessageSent(_) => EventType::ChatMessageSent,
+            Self::ChatMessageEdited(_) => EventType::ChatMessageEdited,
+            Self::ChatMessageDeleted(_) => EventType::ChatMessageDeleted,
             Self::TypingStarted(_) => EventType::TypingStarted,
             Self::TypingStopped(_) => EventType::TypingStopped,
             Self::VideoPeerSignal(_) => EventType::VideoPeerSignal,

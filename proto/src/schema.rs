@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use schemars::{schema_for, JsonSchema};
 
 use crate::event::{
-    ChatMessageSentV1, DocumentUpdatedV1, Event, ScreenShareV1, TypingV1, UserPresenceV1,
+    ChatMessageDeletedV1, ChatMessageEditedV1, ChatMessageSentV1, DocumentUpdatedV1, Event, ScreenShareV1, TypingV1, UserPresenceV1,
     VideoPeerSignalV1,
 };
 
@@ -33,6 +33,14 @@ pub fn generate() -> BTreeMap<&'static str, String> {
     m.insert(
         "chat.message.sent.v1.schema.json",
         render::<ChatMessageSentV1>(),
+    );
+    m.insert(
+        "chat.message.edited.v1.schema.json",
+        render::<ChatMessageEditedV1>(),
+    );
+    m.insert(
+        "chat.message.deleted.v1.schema.json",
+        render::<ChatMessageDeletedV1>(),
     );
     m.insert("typing.started.v1.schema.json", render::<TypingV1>());
     m.insert("typing.stopped.v1.schema.json", render::<TypingV1>());

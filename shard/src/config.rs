@@ -41,6 +41,51 @@ pub struct CoreConfig {
     pub max_awareness_clients_per_conn: usize,
     /// Live awareness states per document.
     pub max_awareness_states_per_doc: usize,
+    /// Chat, presence and typing limits and timers.
+    pub rooms: RoomConfig,
+}
+
+/// Limits and timers of rooms (chat, presence, typing). Every limit is configurable (see the README).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RoomConfig {
+    /// Events of a room kept in memory by its owner: what resume can replay and where retried sends,
+    /// edits and deletions are recognised. Older history is read from the store (`history`).
+    pub history_window: usize,
+    /// Largest chat message text (UTF-8 bytes).
+    pub max_chat_bytes: usize,
+    /// Largest presence state of one connection (bytes of its JSON).
+    pub max_presence_bytes: usize,
+    /// Connections one room admits.
+    pub max_members: usize,
+    /// Presence and typing changes of a room are gathered and broadcast at most once per this interval
+    /// (one `presence` frame and one `typing` frame per member at most), however many members chatter.
+    #[serde(with = "secs")]
+    pub presence_flush: Duration,
+    /// A typing indicator not renewed for this long stops by itself.
+    #[serde(with = "secs")]
+    pub typing_timeout: Duration,
+    /// After a room is loaded by a new owner, users its log lists as present who do not rejoin within
+    /// this time are announced as left (`user.left`): the ghosts of a dead owner's connections.
+    #[serde(with = "secs")]
+    pub presence_grace: Duration,
+    /// Most events one `history` request returns.
+    pub max_history_page: usize,
+}
+
+impl Default for RoomConfig {
+    fn default() -> Self {
+        Self {
+            history_window: 1000,
+            max_chat_bytes: 16 * 1024,
+            max_presence_bytes: 1024,
+            max_members: 10_000,
+            presence_flush: Duration::from_millis(100),
+            typing_timeout: Duration::from_secs(5),
+            presence_grace: Duration::from_secs(10),
+            max_history_page: 100,
+        }
+    }
 }
 
 impl Default for CoreConfig {
@@ -58,6 +103,7 @@ impl Default for CoreConfig {
             max_awareness_bytes: 64 * 1024,
             max_awareness_clients_per_conn: 16,
             max_awareness_states_per_doc: 10_000,
+            rooms: RoomConfig::default(),
         }
     }
 }

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proto::event::{Bytes, DocumentUpdatedV1};
-use proto::{DocId, EventPayload, NewEvent, Seq, ShardId, StreamId, UserId};
+use proto::{DocId, EventPayload, NewEvent, RoomId, Seq, ShardId, StreamId, UserId};
 use store::{AppendRequest, EventLog, StoreError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::config::CoreConfig;
 use crate::core::{ConnId, Output, ShardCore};
+use crate::room::{RoomAccess, RoomCore, RoomOutput, RoomRequest};
 use crate::metrics::Metrics;
 
 /// What a shard sends to one client connection.
@@ -21,6 +22,11 @@ use crate::metrics::Metrics;
 pub enum ConnOut {
     /// A binary message.
     Frame(Arc<[u8]>),
+    /// A text (JSON) message of the native protocol.
+    Text(Arc<[u8]>),
+    /// A binary message of the native protocol: a channel prefix (the document id) then the message.
+    /// Boxed so that the enum stays three words.
+    Prefixed(Box<(Arc<[u8]>, Arc<[u8]>)>),
     /// Close the socket with this code and reason. (`Box<str>`, not `String`: this enum sizes every
     /// slot of each socket's queue, allocated up front per connection.)
     Close(u16, Box<str>),
@@ -35,6 +41,14 @@ pub struct ConnSink {
     /// Bytes queued and not yet written; the writer subtracts what it wrote.
     queued_bytes: Arc<AtomicUsize>,
     max_bytes: usize,
+    /// Set on a native-protocol (`/v1`) document channel: frames get this document's prefix, and a
+    /// close ends the channel (`doc.closed`) instead of the socket.
+    channel: Option<Arc<Channel>>,
+}
+
+struct Channel {
+    doc: DocId,
+    prefix: Arc<[u8]>,
 }
 
 /// The connection side of a [`ConnSink`].
@@ -59,6 +73,7 @@ impl ConnSink {
                 kill_code: kill.clone(),
                 queued_bytes: bytes.clone(),
                 max_bytes,
+                channel: None,
             },
             ConnQueue {
                 rx,
@@ -68,16 +83,70 @@ impl ConnSink {
         )
     }
 
-    fn try_send_frame(&self, msg: Arc<[u8]>) -> bool {
-        let len = msg.len();
+    /// The same socket's sink for one document of the native protocol: binary frames are prefixed
+    /// with `prefix` (the lib0 var-string of the document id), and closing it ends only the channel.
+    pub fn channel(&self, doc: DocId, prefix: Arc<[u8]>) -> Self {
+        Self {
+            channel: Some(Arc::new(Channel { doc, prefix })),
+            ..self.clone()
+        }
+    }
+
+    fn try_send(&self, out: ConnOut, len: usize) -> bool {
         if self.queued_bytes.load(Ordering::Relaxed) + len > self.max_bytes {
             return false;
         }
-        if self.tx.try_send(ConnOut::Frame(msg)).is_err() {
+        if self.tx.try_send(out).is_err() {
             return false;
         }
         self.queued_bytes.fetch_add(len, Ordering::Relaxed);
         true
+    }
+
+    fn try_send_frame(&self, msg: Arc<[u8]>) -> bool {
+        match &self.channel {
+            None => {
+                let len = msg.len();
+                self.try_send(ConnOut::Frame(msg), len)
+            }
+            Some(ch) => {
+                let len = ch.prefix.len() + msg.len();
+                self.try_send(ConnOut::Prefixed(Box::new((ch.prefix.clone(), msg))), len)
+            }
+        }
+    }
+
+    /// Queues a text (JSON) frame; false when the socket is a slow consumer (or gone).
+    pub fn try_send_text(&self, msg: Arc<[u8]>) -> bool {
+        let len = msg.len();
+        self.try_send(ConnOut::Text(msg), len)
+    }
+
+    /// Marks the socket as closing with `code`: its writer sends the close frame once the queue
+    /// holds nothing more for it. Used for slow consumers (the queue is full).
+    pub fn kill(&self, code: u16) {
+        self.kill_code.store(code, Ordering::Relaxed);
+    }
+
+    /// Ends what this sink carries: the whole socket (y-websocket), or only the document channel
+    /// (`/v1`: a `doc.closed` frame; the client reopens the document to resync).
+    fn close(&self, code: u16, reason: &str) {
+        match &self.channel {
+            None => {
+                // The close goes in first, so a writer that sees the kill code finds it queued.
+                let _ = self.tx.try_send(ConnOut::Close(code, reason.into()));
+                self.kill(code);
+            }
+            Some(ch) => {
+                let v = serde_json::json!({
+                    "t": "doc.closed", "doc": ch.doc, "code": code, "reason": reason
+                });
+                let msg: Arc<[u8]> = serde_json::to_vec(&v).unwrap_or_default().into();
+                if !self.try_send_text(msg) {
+                    self.kill(1008);
+                }
+            }
+        }
     }
 }
 
@@ -101,7 +170,7 @@ enum Cmd {
         result: Result<(proto::Epoch, store::Loaded), StoreError>,
     },
     Appended {
-        results: Vec<(DocId, proto::Epoch, Seq, Result<(), StoreError>)>,
+        results: Vec<(Key, proto::Epoch, Seq, Result<(), StoreError>)>,
     },
     SnapshotDone {
         doc: DocId,
@@ -109,6 +178,52 @@ enum Cmd {
     },
     Shutdown {
         done: oneshot::Sender<()>,
+    },
+    Room(Box<RoomCmd>),
+    RoomClose {
+        conn: ConnId,
+    },
+    RoomLoaded {
+        room: RoomId,
+        result: Result<(proto::Epoch, store::Loaded), StoreError>,
+    },
+    RoomSnapshotDone {
+        room: RoomId,
+        result: Result<(), StoreError>,
+    },
+}
+
+/// A native-protocol request about a room, with the socket's sink (for its replies and events).
+pub struct RoomCmd {
+    /// The socket (one id per socket for all its rooms).
+    pub conn: ConnId,
+    /// The authenticated user.
+    pub user: UserId,
+    /// The user's access in this room.
+    pub access: RoomAccess,
+    /// The room.
+    pub room: RoomId,
+    /// The request id, echoed in the reply.
+    pub rid: Option<String>,
+    /// The request.
+    pub req: RoomCall,
+    /// The socket's sink.
+    pub sink: ConnSink,
+}
+
+/// A room request, or a history read (served from the store by the owner).
+pub enum RoomCall {
+    /// Handled by the room core.
+    Request(RoomRequest),
+    /// Events with `seq` in a range, oldest first: before `before` (the newest `limit` of them) or
+    /// after `after`.
+    History {
+        /// Exclusive upper bound.
+        before: Option<Seq>,
+        /// Exclusive lower bound.
+        after: Option<Seq>,
+        /// At most this many (capped by `max_history_page`).
+        limit: usize,
     },
 }
 
@@ -161,6 +276,16 @@ impl ShardHandle {
         let _ = self.tx.send(Cmd::Close { conn }).await;
     }
 
+    /// A native-protocol room request.
+    pub async fn room(&self, cmd: RoomCmd) -> bool {
+        self.tx.send(Cmd::Room(Box::new(cmd))).await.is_ok()
+    }
+
+    /// Tells the shard a native-protocol socket is gone: it leaves every room of this shard.
+    pub async fn room_close(&self, conn: ConnId) {
+        let _ = self.tx.send(Cmd::RoomClose { conn }).await;
+    }
+
     /// Stops the shard: closes its connections, waits for in-flight appends, snapshots changed
     /// documents, and returns when everything is committed.
     pub async fn shutdown(&self) {
@@ -187,9 +312,14 @@ pub fn spawn(
         metrics.clone(),
     ));
     let retain_events = cfg.retain_events;
+    let rooms = RoomCore::new(cfg.rooms.clone(), cfg.idle_unload, cfg.snapshot_every);
+    let max_history_page = cfg.rooms.max_history_page.max(1);
     let driver = Driver {
         retain_events,
+        max_history_page,
         id: id.clone(),
+        rooms,
+        room_sinks: HashMap::new(),
         core: ShardCore::new(cfg),
         store,
         sinks: HashMap::new(),
@@ -203,7 +333,15 @@ pub fn spawn(
     ShardHandle { id, tx }
 }
 
-type AppendItem = (DocId, proto::Epoch, Seq, AppendRequest);
+/// Which live object an append belongs to.
+#[derive(Clone)]
+enum Key {
+    Doc(DocId),
+    /// A room, with the event as committed (handed back to the room core for rendering).
+    Room(RoomId, Box<proto::Event>),
+}
+
+type AppendItem = (Key, proto::Epoch, Seq, AppendRequest);
 
 /// Hands appends to the store in order, grouping whatever queued up during the previous commit.
 /// One batch in flight per shard keeps each document's seqs in order; the store groups across shards.
@@ -218,7 +356,7 @@ async fn appender(
             items.extend(more);
         }
         let started = Instant::now();
-        let (keys, reqs): (Vec<(DocId, proto::Epoch, Seq)>, Vec<AppendRequest>) =
+        let (keys, reqs): (Vec<(Key, proto::Epoch, Seq)>, Vec<AppendRequest>) =
             items.into_iter().map(|(d, e, s, r)| ((d, e, s), r)).unzip();
         metrics.append_batch_events.observe(reqs.len() as f64);
         let results = store.append(reqs).await;
@@ -239,6 +377,9 @@ async fn appender(
 struct Driver {
     id: ShardId,
     core: ShardCore,
+    rooms: RoomCore,
+    room_sinks: HashMap<ConnId, ConnSink>,
+    max_history_page: usize,
     store: Arc<dyn EventLog>,
     sinks: HashMap<ConnId, ConnSink>,
     metrics: Metrics,
@@ -252,11 +393,17 @@ struct Driver {
 impl Driver {
     async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
         loop {
-            let deadline = self.core.poll_timeout().map(Instant::from_std);
+            let deadline = match (self.core.poll_timeout(), self.rooms.poll_timeout()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+            .map(Instant::from_std);
             let cmd = tokio::select! {
                 cmd = rx.recv() => cmd,
                 _ = sleep_until_opt(deadline) => {
-                    self.core.handle_timeout(Instant::now().into_std());
+                    let now = Instant::now().into_std();
+                    self.core.handle_timeout(now);
+                    self.rooms.handle_timeout(now);
                     self.drain();
                     continue;
                 }
@@ -271,7 +418,7 @@ impl Driver {
                 }
             }
             self.drain();
-            if self.shutdown.is_some() && self.core.inflight() == 0 {
+            if self.shutdown.is_some() && self.core.inflight() == 0 && self.rooms.inflight() == 0 {
                 self.finish_shutdown().await;
                 break;
             }
@@ -303,16 +450,71 @@ impl Driver {
                 self.core.handle_loaded(now, &doc, result);
             }
             Cmd::Appended { results } => {
-                for (doc, epoch, seq, result) in results {
+                for (key, epoch, seq, result) in results {
                     if let Err(e) = &result {
-                        tracing::warn!(shard = %self.id, %doc, %seq, error = %e, "append failed");
+                        match &key {
+                            Key::Doc(doc) => {
+                                tracing::warn!(shard = %self.id, %doc, %seq, error = %e, "append failed")
+                            }
+                            Key::Room(room, _) => {
+                                tracing::warn!(shard = %self.id, %room, %seq, error = %e, "append failed")
+                            }
+                        }
                     }
                     let t = std::time::Instant::now();
-                    self.core.handle_appended(now, &doc, epoch, seq, result);
+                    match key {
+                        Key::Doc(doc) => self.core.handle_appended(now, &doc, epoch, seq, result),
+                        Key::Room(room, event) => {
+                            if result.is_ok() {
+                                self.metrics.room_events.inc();
+                            }
+                            let result = result.map(|()| *event);
+                            self.rooms.handle_appended(now, &room, epoch, seq, result);
+                        }
+                    }
                     self.metrics
                         .apply_seconds
                         .observe(t.elapsed().as_secs_f64());
                 }
+            }
+            Cmd::Room(cmd) => {
+                let RoomCmd {
+                    conn,
+                    user,
+                    access,
+                    room,
+                    rid,
+                    req,
+                    sink,
+                } = *cmd;
+                match req {
+                    RoomCall::Request(req) => {
+                        self.room_sinks.entry(conn).or_insert(sink);
+                        self.rooms
+                            .handle_request(now, conn, user, access, room, rid, req);
+                    }
+                    RoomCall::History {
+                        before,
+                        after,
+                        limit,
+                    } => self.history(sink, room, rid, before, after, limit),
+                }
+            }
+            Cmd::RoomClose { conn } => {
+                self.rooms.handle_close(now, conn);
+                self.room_sinks.remove(&conn);
+            }
+            Cmd::RoomLoaded { room, result } => {
+                if let Err(e) = &result {
+                    tracing::warn!(shard = %self.id, %room, error = %e, "room load failed");
+                }
+                self.rooms.handle_loaded(now, &room, result);
+            }
+            Cmd::RoomSnapshotDone { room, result } => {
+                if let Err(e) = &result {
+                    tracing::debug!(shard = %self.id, %room, error = %e, "room snapshot not written");
+                }
+                self.rooms.handle_snapshot_written(&room, result);
             }
             Cmd::SnapshotDone { doc, result } => {
                 if let Err(e) = &result {
@@ -322,6 +524,7 @@ impl Driver {
             }
             Cmd::Shutdown { done } => {
                 self.core.handle_shutdown(now);
+                self.rooms.handle_shutdown(now);
                 self.shutdown = Some(done);
             }
         }
@@ -336,7 +539,7 @@ impl Driver {
                     };
                     if !sink.try_send_frame(msg) {
                         // Slow consumer (or already gone): close it; the client reconnects and resyncs.
-                        sink.kill_code.store(1008, Ordering::Relaxed);
+                        sink.kill(1008);
                         self.sinks.remove(&conn);
                         self.metrics.closes.with_label_values(&["1008"]).inc();
                         self.core.handle_close(Instant::now().into_std(), conn);
@@ -344,8 +547,7 @@ impl Driver {
                 }
                 Output::Close { conn, code, reason } => {
                     if let Some(sink) = self.sinks.remove(&conn) {
-                        sink.kill_code.store(code, Ordering::Relaxed);
-                        let _ = sink.tx.try_send(ConnOut::Close(code, reason.into()));
+                        sink.close(code, &reason);
                         self.metrics
                             .closes
                             .with_label_values(&[&code.to_string()])
@@ -391,7 +593,7 @@ impl Driver {
                         first_seq: seq,
                         events: vec![event],
                     };
-                    self.batch.push((doc, epoch, seq, req));
+                    self.batch.push((Key::Doc(doc), epoch, seq, req));
                 }
                 Output::Snapshot {
                     doc,
@@ -422,10 +624,136 @@ impl Driver {
                 Output::Unloaded { .. } => self.metrics.documents_loaded.dec(),
             }
         }
+        while let Some(out) = self.rooms.poll_output() {
+            self.room_output(out);
+        }
         if !self.batch.is_empty() {
             let batch = std::mem::take(&mut self.batch);
             let _ = self.append_tx.send(batch);
         }
+    }
+
+    fn room_output(&mut self, out: RoomOutput) {
+        match out {
+            RoomOutput::Send { conn, msg } => {
+                let Some(sink) = self.room_sinks.get(&conn) else {
+                    return;
+                };
+                if !sink.try_send_text(msg) {
+                    // Slow consumer: the socket closes (1008); its reader then reports it gone.
+                    sink.kill(1008);
+                    self.room_sinks.remove(&conn);
+                    self.metrics.closes.with_label_values(&["1008"]).inc();
+                    self.rooms.handle_close(Instant::now().into_std(), conn);
+                }
+            }
+            RoomOutput::Load { room } => {
+                self.metrics.rooms_loaded.inc();
+                let store = self.store.clone();
+                let back = self.self_tx.clone();
+                let shard = self.id.clone();
+                tokio::spawn(async move {
+                    let stream = StreamId::Room(room.clone());
+                    let result = async {
+                        let epoch = store.acquire(&stream, &shard).await?;
+                        let loaded = store.load(&stream).await?;
+                        Ok((epoch, loaded))
+                    }
+                    .await;
+                    let _ = back.send(Cmd::RoomLoaded { room, result }).await;
+                });
+            }
+            RoomOutput::Append {
+                room,
+                epoch,
+                seq,
+                actor,
+                payload,
+            } => {
+                let req = AppendRequest {
+                    stream: StreamId::Room(room.clone()),
+                    epoch,
+                    first_seq: seq,
+                    events: vec![NewEvent {
+                        id: uuid::Uuid::now_v7(),
+                        actor,
+                        ts: wall_ms(),
+                        trace: None,
+                        payload,
+                    }],
+                };
+                let event = Box::new(req.event(0));
+                self.batch.push((Key::Room(room, event), epoch, seq, req));
+            }
+            RoomOutput::Snapshot {
+                room,
+                epoch,
+                snapshot,
+            } => {
+                let store = self.store.clone();
+                let back = self.self_tx.clone();
+                tokio::spawn(async move {
+                    let stream = StreamId::Room(room.clone());
+                    let result = store.write_snapshot(&stream, epoch, snapshot).await;
+                    let _ = back.send(Cmd::RoomSnapshotDone { room, result }).await;
+                });
+            }
+            RoomOutput::Detached { conn } => {
+                self.room_sinks.remove(&conn);
+            }
+            RoomOutput::Unloaded { .. } => self.metrics.rooms_loaded.dec(),
+        }
+    }
+
+    /// `history`: read from the store (committed events only) and answer on the socket's sink.
+    fn history(
+        &self,
+        sink: ConnSink,
+        room: RoomId,
+        rid: Option<String>,
+        before: Option<Seq>,
+        after: Option<Seq>,
+        limit: usize,
+    ) {
+        let limit = limit.clamp(1, self.max_history_page);
+        // The newest page: up to the room's last seq when the room is loaded here.
+        let before = match (before, after) {
+            (None, None) => self.rooms.last_seq(&room).map(|s| s.next()),
+            _ => before,
+        };
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let stream = StreamId::Room(room.clone());
+            let (from, keep_below) = match (after, before) {
+                (Some(a), b) => (a, b),
+                (None, Some(b)) => (Seq(b.0.saturating_sub(limit as u64 + 1)), Some(b)),
+                // Neither: the newest page.
+                (None, None) => (Seq(0), None),
+            };
+            let result = if after.is_none() && before.is_none() {
+                newest(&*store, &stream, limit).await
+            } else {
+                store.read(&stream, from, limit).await
+            };
+            let v = match result {
+                Ok(mut events) => {
+                    if let Some(b) = keep_below {
+                        events.retain(|e| e.seq < b);
+                    }
+                    serde_json::json!({ "t": "history", "id": rid, "room": room, "events": events })
+                }
+                Err(e) => {
+                    tracing::warn!(%room, error = %e, "history read failed");
+                    serde_json::json!({
+                        "t": "error", "id": rid, "room": room, "code": "unavailable",
+                        "message": "history could not be read, retry"
+                    })
+                }
+            };
+            if !sink.try_send_text(serde_json::to_vec(&v).unwrap_or_default().into()) {
+                sink.kill(1008);
+            }
+        });
     }
 
     async fn finish_shutdown(&mut self) {
@@ -454,11 +782,57 @@ impl Driver {
                 _ => {}
             }
         }
+        self.rooms.handle_shutdown_flush();
+        while let Some(out) = self.rooms.poll_output() {
+            match out {
+                RoomOutput::Snapshot {
+                    room,
+                    epoch,
+                    snapshot,
+                } => {
+                    let r = self
+                        .store
+                        .write_snapshot(&StreamId::Room(room.clone()), epoch, snapshot)
+                        .await;
+                    if let Err(e) = r {
+                        tracing::warn!(shard = %self.id, %room, error = %e, "final room snapshot not written (events are kept)");
+                    }
+                }
+                RoomOutput::Unloaded { .. } => self.metrics.rooms_loaded.dec(),
+                _ => {}
+            }
+        }
         tracing::info!(shard = %self.id, "shard stopped, everything committed");
         if let Some(done) = self.shutdown.take() {
             let _ = done.send(());
         }
     }
+}
+
+/// The newest `limit` events of a stream, oldest first.
+async fn newest(
+    store: &dyn EventLog,
+    stream: &StreamId,
+    limit: usize,
+) -> Result<Vec<proto::Event>, StoreError> {
+    // The log has no "last seq" query: find the end by reading forward in pages, keeping the last
+    // `limit` events seen. Rooms are read this way only when a client asks for the newest page.
+    let mut keep: std::collections::VecDeque<proto::Event> = std::collections::VecDeque::new();
+    let mut after = Seq(0);
+    loop {
+        let page = store.read(stream, after, 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        let full = page.len() == 1000;
+        keep.extend(page);
+        while keep.len() > limit {
+            keep.pop_front();
+        }
+        if !full {
+            break;
+        }
+    }
+    Ok(keep.into())
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

@@ -10,7 +10,8 @@
 //! broadcast only when the store reports the commit (`handle_appended`). So the in-memory document, and
 //! everything any client can see of it, only ever holds committed updates.
 //!
-//! Rooms (chat, presence, calls) join the core with the chat issue.
+//! Rooms (chat, presence, typing) have their own sans-IO core, [`room::RoomCore`], with the same
+//! contract and the same commit-before-show rule; the driver runs both.
 
 #![forbid(unsafe_code)]
 
@@ -20,8 +21,9 @@ pub mod core;
 pub mod driver;
 pub mod error;
 pub mod metrics;
+pub mod room;
 
-pub use crate::config::CoreConfig;
+pub use crate::config::{CoreConfig, RoomConfig};
 pub use crate::core::{ConnId, Output, ShardCore};
 pub use crate::driver::{ConnOut, ConnQueue, ConnSink, ShardHandle};
 pub use crate::error::ShardError;

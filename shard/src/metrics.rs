@@ -21,6 +21,10 @@ pub struct Metrics {
     pub append_batch_events: Histogram,
     /// Connections closed by the server, by close code.
     pub closes: IntCounterVec,
+    /// Rooms held in memory.
+    pub rooms_loaded: IntGauge,
+    /// Room events committed and broadcast (chat messages, edits, deletions, joins, leaves).
+    pub room_events: IntCounter,
 }
 
 impl Metrics {
@@ -62,6 +66,13 @@ impl Metrics {
             ),
         )
         .expect("valid metric");
+        let rooms_loaded = IntGauge::new("tandem_rooms_loaded", "Rooms held in memory")
+            .expect("valid metric");
+        let room_events = IntCounter::new(
+            "tandem_room_events_total",
+            "Room events committed and broadcast",
+        )
+        .expect("valid metric");
         let closes = IntCounterVec::new(
             Opts::new(
                 "tandem_server_closes_total",
@@ -78,6 +89,8 @@ impl Metrics {
             Box::new(append_seconds.clone()),
             Box::new(append_batch_events.clone()),
             Box::new(closes.clone()),
+            Box::new(rooms_loaded.clone()),
+            Box::new(room_events.clone()),
         ] {
             registry.register(m).expect("metric names are unique");
         }
@@ -90,6 +103,8 @@ impl Metrics {
             append_seconds,
             append_batch_events,
             closes,
+            rooms_loaded,
+            room_events,
         }
     }
 

@@ -39,11 +39,12 @@ pub async fn run(cfg: DevConfig) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     println!("tandem: listening on http://{addr} (documents at ws://{addr}/doc/{{docId}})");
     tracing::info!(%addr, shards = cfg.shards, data = %cfg.data.display(), "tandem dev ready");
-    gateway::serve(listener, gw, shutdown_signal()).await?;
+    gateway::serve(listener, gw.clone(), shutdown_signal()).await?;
     tracing::info!("shutting down: closing connections and committing");
     for s in &shards {
         s.shutdown().await;
     }
+    gw.close_sessions();
     // Let the connection writers flush their 1001 close frames.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
     while metrics.connections.get() > 0 && tokio::time::Instant::now() < deadline {

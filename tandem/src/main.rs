@@ -49,9 +49,12 @@ struct TokenOpts {
     /// The user id (`sub`).
     #[arg(long)]
     sub: String,
-    /// `PATTERN=read|write|admin`, repeatable (`*` matches any characters in a document id).
-    #[arg(long = "grant", required = true)]
+    /// Document grant `PATTERN=read|write|admin`, repeatable (`*` matches any characters in an id).
+    #[arg(long = "grant", required_unless_present = "room_grants")]
     grants: Vec<String>,
+    /// Room grant `PATTERN=read|write|admin`, repeatable (chat, presence and typing over `/v1`).
+    #[arg(long = "room-grant")]
+    room_grants: Vec<String>,
     /// Lifetime in seconds.
     #[arg(long, default_value_t = 3600)]
     ttl: u64,
@@ -65,14 +68,19 @@ struct TokenOpts {
 
 fn token(o: TokenOpts) -> anyhow::Result<()> {
     proto::UserId::parse(&o.sub).context("--sub")?;
-    let mut docs = BTreeMap::new();
-    for g in &o.grants {
-        let Some((pattern, access)) = g.rsplit_once('=') else {
-            bail!("--grant {g:?}: expected PATTERN=read|write|admin");
-        };
-        let access: Access = access.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-        docs.insert(pattern.to_owned(), access);
-    }
+    let grants = |flag: &str, list: &[String]| -> anyhow::Result<BTreeMap<String, Access>> {
+        let mut map = BTreeMap::new();
+        for g in list {
+            let Some((pattern, access)) = g.rsplit_once('=') else {
+                bail!("{flag} {g:?}: expected PATTERN=read|write|admin");
+            };
+            let access: Access = access.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            map.insert(pattern.to_owned(), access);
+        }
+        Ok(map)
+    };
+    let docs = grants("--grant", &o.grants)?;
+    let rooms = grants("--room-grant", &o.room_grants)?;
     let now = now_secs();
     let claims = Claims {
         sub: o.sub,
@@ -82,6 +90,7 @@ fn token(o: TokenOpts) -> anyhow::Result<()> {
         aud: o.aud,
         iss: o.iss,
         docs,
+        rooms,
     };
     println!("{}", mint_hs256(&o.secret, &claims)?);
     Ok(())
