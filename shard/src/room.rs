@@ -751,7 +751,7 @@ impl RoomCore {
         };
         let max_members = self.cfg.max_members;
         let r = self.rooms.get_mut(room).ok_or(RoomError::Unavailable)?;
-        let epoch = r.epoch().ok_or(RoomError::Unavailable)?;
+        r.epoch().ok_or(RoomError::Unavailable)?;
         if !r.members.contains_key(&conn) && r.members.len() >= max_members {
             return Err(RoomError::Limit("members in this room"));
         }
@@ -791,8 +791,19 @@ impl RoomCore {
             .collect();
         let typing = r.typists(now);
         let events_json = format!("[{}]", events.join(","));
+        // The room's position: its latest event (what a client that saw everything resumes from).
+        let position = r.window.back().map_or(
+            Position {
+                epoch: Epoch(0),
+                seq: Seq(0),
+            },
+            |c| Position {
+                epoch: c.event.epoch,
+                seq: c.event.seq,
+            },
+        );
         let mut reply = serde_json::json!({
-            "t": "joined", "id": rid, "room": room, "epoch": epoch, "seq": r.applied,
+            "t": "joined", "id": rid, "room": room, "position": position,
             "presence": presence, "typing": typing,
         });
         if let Some(rec) = recovered {

@@ -121,6 +121,38 @@ pub struct DevOpts {
     /// Events between snapshots [default: 500].
     #[arg(long, env = "TANDEM_SNAPSHOT_EVERY")]
     pub snapshot_every: Option<u64>,
+    /// Documents one /v1 socket may have open [default: 100].
+    #[arg(long, env = "TANDEM_MAX_DOCS_PER_CONN")]
+    pub max_docs_per_conn: Option<usize>,
+    /// Rooms one /v1 socket may have joined [default: 100].
+    #[arg(long, env = "TANDEM_MAX_ROOMS_PER_CONN")]
+    pub max_rooms_per_conn: Option<usize>,
+    /// Events per room kept in memory for resume and retry detection [default: 1000].
+    #[arg(long, env = "TANDEM_HISTORY_WINDOW")]
+    pub history_window: Option<usize>,
+    /// Largest chat message text in bytes [default: 16384].
+    #[arg(long, env = "TANDEM_MAX_CHAT_BYTES")]
+    pub max_chat_bytes: Option<usize>,
+    /// Largest presence state (JSON bytes) of one connection [default: 1024].
+    #[arg(long, env = "TANDEM_MAX_PRESENCE_BYTES")]
+    pub max_presence_bytes: Option<usize>,
+    /// Connections one room admits [default: 10000].
+    #[arg(long, env = "TANDEM_MAX_ROOM_MEMBERS")]
+    pub max_room_members: Option<usize>,
+    /// Presence and typing changes of a room are broadcast at most once per this many milliseconds
+    /// [default: 100].
+    #[arg(long, env = "TANDEM_PRESENCE_FLUSH_MS")]
+    pub presence_flush_ms: Option<u64>,
+    /// A typing indicator not renewed for this many milliseconds stops [default: 5000].
+    #[arg(long, env = "TANDEM_TYPING_TIMEOUT_MS")]
+    pub typing_timeout_ms: Option<u64>,
+    /// After a room is loaded, users its log lists as present who do not rejoin within this many
+    /// seconds are announced as left [default: 10].
+    #[arg(long, env = "TANDEM_PRESENCE_GRACE_SECS")]
+    pub presence_grace_secs: Option<f64>,
+    /// Most events one history request returns [default: 100].
+    #[arg(long, env = "TANDEM_MAX_HISTORY_PAGE")]
+    pub max_history_page: Option<usize>,
 }
 
 impl DevOpts {
@@ -201,6 +233,44 @@ impl DevOpts {
         }
         if let Some(v) = self.snapshot_every {
             c.shard.snapshot_every = v;
+        }
+        if let Some(v) = self.max_docs_per_conn {
+            c.gateway.max_docs_per_conn = v;
+        }
+        if let Some(v) = self.max_rooms_per_conn {
+            c.gateway.max_rooms_per_conn = v;
+        }
+        let rooms = &mut c.shard.rooms;
+        if let Some(v) = self.history_window {
+            rooms.history_window = v;
+        }
+        if let Some(v) = self.max_chat_bytes {
+            rooms.max_chat_bytes = v;
+        }
+        if let Some(v) = self.max_presence_bytes {
+            rooms.max_presence_bytes = v;
+        }
+        if let Some(v) = self.max_room_members {
+            rooms.max_members = v;
+        }
+        if let Some(v) = self.presence_flush_ms {
+            rooms.presence_flush = Duration::from_millis(v);
+        }
+        if let Some(v) = self.typing_timeout_ms {
+            rooms.typing_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = self.presence_grace_secs {
+            rooms.presence_grace =
+                Duration::try_from_secs_f64(v).context("--presence-grace-secs")?;
+        }
+        if let Some(v) = self.max_history_page {
+            rooms.max_history_page = v;
+        }
+        if c.shard.rooms.history_window == 0 {
+            bail!("--history-window must be at least 1");
+        }
+        if c.shard.rooms.max_history_page == 0 {
+            bail!("--max-history-page must be at least 1");
         }
         // `tandem dev` is the zero-setup mode: anonymous unless a key is configured.
         let has_key =

@@ -1,0 +1,733 @@
+// @tandem/client: the TypeScript client of Tandem's native protocol (`ws://HOST:PORT/v1`, specified in
+// docs/protocol.md). One socket carries every room (chat with acks and resume, presence, typing) and
+// every document (a Yjs provider) of the client; it reconnects by itself, resumes each room from the
+// last event it saw, re-sends unacknowledged messages under their original ids (the server drops the
+// duplicates), and resyncs each document.
+
+import * as Y from 'yjs'
+import * as encoding from 'lib0/encoding'
+import * as decoding from 'lib0/decoding'
+import * as syncProtocol from 'y-protocols/sync'
+import * as awarenessProtocol from 'y-protocols/awareness'
+
+// ---------------------------------------------------------------------------------------------
+// Wire types
+
+/** A position in a room's event stream: the `(epoch, seq)` of an event. */
+export interface Position {
+  epoch: number
+  seq: number
+}
+
+/** A committed room event (the event log's envelope). */
+export interface RoomEvent {
+  id: string
+  version: number
+  stream: string
+  seq: number
+  epoch: number
+  actor: string
+  ts: number
+  type: string
+  payload: any
+}
+
+/** One user's merged presence: the latest state any of their connections set, and how many. */
+export interface PresenceEntry {
+  user: string
+  state: unknown
+  connections: number
+}
+
+/** The acknowledgement of a send, edit or deletion: where the event sits in the room's stream. */
+export interface Ack {
+  epoch: number
+  seq: number
+  /** True when the server recognised a retry and appended nothing new. */
+  duplicate?: boolean
+}
+
+/** A refusal from the server (see docs/protocol.md for the codes). */
+export class TandemError extends Error {
+  constructor (readonly code: string, message: string) {
+    super(`${code}: ${message}`)
+    this.name = 'TandemError'
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A tiny event emitter
+
+type Listener = (...args: any[]) => void
+
+export class Emitter {
+  private listeners = new Map<string, Set<Listener>>()
+
+  on (event: string, fn: Listener): this {
+    let set = this.listeners.get(event)
+    if (set === undefined) {
+      set = new Set()
+      this.listeners.set(event, set)
+    }
+    set.add(fn)
+    return this
+  }
+
+  off (event: string, fn: Listener): this {
+    this.listeners.get(event)?.delete(fn)
+    return this
+  }
+
+  once (event: string, fn: Listener): this {
+    const wrapped: Listener = (...args) => {
+      this.off(event, wrapped)
+      fn(...args)
+    }
+    return this.on(event, wrapped)
+  }
+
+  protected emit (event: string, ...args: any[]): void {
+    for (const fn of [...(this.listeners.get(event) ?? [])]) {
+      try {
+        fn(...args)
+      } catch (e) {
+        // A listener's bug must not break the client's state machine.
+        setTimeout(() => { throw e }, 0)
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The client
+
+export interface ClientOptions {
+  /** `ws://HOST:PORT/v1` (or `wss://…`). */
+  url: string
+  /** A JWT, or a function returning one (called on every (re)connect). */
+  token?: string | (() => string | Promise<string>)
+  /** A WebSocket constructor (the `ws` package in Node.js); defaults to the global one. */
+  WebSocket?: any
+  /** Reconnect after the socket drops (default true). */
+  reconnect?: boolean
+  /** Reconnect back-off bounds in milliseconds (defaults 100 and 5000). */
+  minReconnectMs?: number
+  maxReconnectMs?: number
+  /** How long a request waits for its reply while connected (default 15000 ms). */
+  requestTimeoutMs?: number
+}
+
+interface PendingRequest {
+  frame: any
+  resolve: (v: any) => void
+  reject: (e: Error) => void
+  /** Re-sent after a reconnect (chat sends, edits, deletions: idempotent by id). */
+  retry: boolean
+  timer?: ReturnType<typeof setTimeout>
+}
+
+let idCounter = 0
+
+/** A request id unique to this page (and, with the random part, across tabs and reloads). */
+export function newId (prefix = 'r'): string {
+  idCounter += 1
+  const rand = Math.random().toString(36).slice(2, 10)
+  return `${prefix}-${Date.now().toString(36)}-${idCounter.toString(36)}-${rand}`
+}
+
+/**
+ * A connection to Tandem. Events: `open` (after each (re)connect's hello), `close` ({code, reason}),
+ * `error` (a TandemError not tied to a request).
+ */
+export class TandemClient extends Emitter {
+  /** The authenticated user, from the server's hello. */
+  user: string | null = null
+  /** The server's per-socket limits, from its hello. */
+  limits: Record<string, number> = {}
+  private ws: any = null
+  private readonly opts: Required<Omit<ClientOptions, 'token' | 'WebSocket'>> & ClientOptions
+  private readonly pending = new Map<string, PendingRequest>()
+  private readonly rooms = new Map<string, Room>()
+  private readonly docs = new Map<string, DocProvider>()
+  private connected = false
+  private closedByUser = false
+  private attempts = 0
+  private reconnectTimer: ReturnType<typeof setTimeout> | null = null
+  private openWaiters: Array<() => void> = []
+  private offline = false
+
+  constructor (opts: ClientOptions) {
+    super()
+    this.opts = {
+      reconnect: true,
+      minReconnectMs: 100,
+      maxReconnectMs: 5000,
+      requestTimeoutMs: 15000,
+      ...opts
+    }
+    void this.connect()
+  }
+
+  /** Whether the socket is open and greeted. */
+  get isConnected (): boolean {
+    return this.connected
+  }
+
+  /** Resolves once connected (immediately if already). */
+  ready (): Promise<void> {
+    if (this.connected) return Promise.resolve()
+    return new Promise((resolve) => this.openWaiters.push(resolve))
+  }
+
+  private async connect (): Promise<void> {
+    if (this.closedByUser || this.offline) return
+    const WS = this.opts.WebSocket ?? (globalThis as any).WebSocket
+    if (WS === undefined) throw new Error('no WebSocket implementation: pass options.WebSocket')
+    let url = this.opts.url
+    const token = typeof this.opts.token === 'function' ? await this.opts.token() : this.opts.token
+    if (token !== undefined && token !== '') {
+      url += (url.includes('?') ? '&' : '?') + 'token=' + encodeURIComponent(token)
+    }
+    const ws = new WS(url)
+    ws.binaryType = 'arraybuffer'
+    this.ws = ws
+    ws.onmessage = (ev: any) => {
+      if (ws !== this.ws) return
+      if (typeof ev.data === 'string') this.onText(ev.data)
+      else this.onBinary(new Uint8Array(ev.data))
+    }
+    ws.onclose = (ev: any) => {
+      if (ws !== this.ws) return
+      this.onClose(ev?.code ?? 1006, ev?.reason ?? '')
+    }
+    ws.onerror = () => { /* followed by close */ }
+  }
+
+  private onClose (code: number, reason: string): void {
+    const was = this.connected
+    this.connected = false
+    this.ws = null
+    for (const [id, p] of this.pending) {
+      if (p.timer !== undefined) clearTimeout(p.timer)
+      p.timer = undefined
+      if (!p.retry) {
+        this.pending.delete(id)
+        p.reject(new TandemError('disconnected', 'the connection closed before the reply'))
+      }
+    }
+    for (const r of this.rooms.values()) r._disconnected()
+    for (const d of this.docs.values()) d._disconnected()
+    if (was) this.emit('close', { code, reason })
+    if (this.offline) return
+    if (this.closedByUser || !this.opts.reconnect) {
+      for (const [id, p] of this.pending) {
+        this.pending.delete(id)
+        p.reject(new TandemError('closed', 'the client was closed'))
+      }
+      return
+    }
+    const delay = Math.min(this.opts.maxReconnectMs, this.opts.minReconnectMs * 2 ** Math.min(this.attempts, 10))
+    this.attempts += 1
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = null
+      void this.connect()
+    }, delay * (0.5 + Math.random() / 2))
+  }
+
+  private onText (text: string): void {
+    let m: any
+    try {
+      m = JSON.parse(text)
+    } catch {
+      return
+    }
+    if (m.t === 'hello') {
+      this.user = m.user
+      this.limits = m.limits ?? {}
+      this.connected = true
+      this.attempts = 0
+      // Rooms first (rejoin with resume), then unacknowledged requests, then documents.
+      for (const r of this.rooms.values()) r._reconnected()
+      for (const p of this.pending.values()) {
+        if (p.retry) this.transmit(p)
+      }
+      for (const d of this.docs.values()) d._reconnected()
+      this.emit('open')
+      const waiters = this.openWaiters
+      this.openWaiters = []
+      for (const w of waiters) w()
+      return
+    }
+    if (typeof m.id === 'string' && this.pending.has(m.id)) {
+      const p = this.pending.get(m.id)!
+      this.pending.delete(m.id)
+      if (p.timer !== undefined) clearTimeout(p.timer)
+      if (m.t === 'error') p.reject(new TandemError(m.code, m.message))
+      else p.resolve(m)
+      // A joined reply also carries the room's state: the room handles it below.
+      if (m.t !== 'joined') return
+    }
+    switch (m.t) {
+      case 'joined':
+      case 'event':
+      case 'presence':
+      case 'typing':
+      case 'room.closed':
+        this.rooms.get(m.room)?._frame(m)
+        return
+      case 'doc.closed':
+        this.docs.get(m.doc)?._closed(m)
+        return
+      case 'error':
+        this.emit('error', new TandemError(m.code, m.message))
+    }
+  }
+
+  private onBinary (data: Uint8Array): void {
+    const decoder = decoding.createDecoder(data)
+    let doc: string
+    try {
+      doc = decoding.readVarString(decoder)
+    } catch {
+      return
+    }
+    this.docs.get(doc)?._message(data.subarray(decoder.pos))
+  }
+
+  private transmit (p: PendingRequest): void {
+    if (!this.connected || this.ws === null) return
+    this.ws.send(JSON.stringify(p.frame))
+    if (p.timer !== undefined) clearTimeout(p.timer)
+    p.timer = setTimeout(() => {
+      const id = p.frame.id
+      if (this.pending.get(id) !== p) return
+      if (p.retry) {
+        // Resent on the next connection; keep waiting.
+        p.timer = undefined
+        return
+      }
+      this.pending.delete(id)
+      p.reject(new TandemError('timeout', 'no reply in time'))
+    }, this.opts.requestTimeoutMs)
+  }
+
+  /** Sends a request frame and resolves with its reply (rejects with a TandemError). */
+  request (frame: any, retry = false): Promise<any> {
+    if (frame.id === undefined) frame.id = newId()
+    return new Promise((resolve, reject) => {
+      const p: PendingRequest = { frame, resolve, reject, retry }
+      this.pending.set(frame.id, p)
+      if (this.connected) this.transmit(p)
+      else if (!retry) {
+        // Waits for the connection (queued), like retried requests, but gives up on close().
+        const onOpen = (): void => {
+          if (this.pending.get(frame.id) === p) this.transmit(p)
+        }
+        this.once('open', onOpen)
+      }
+    })
+  }
+
+  /** Sends a frame without waiting for any reply (dropped while disconnected). */
+  notify (frame: any): void {
+    if (this.connected && this.ws !== null) this.ws.send(JSON.stringify(frame))
+  }
+
+  /** @internal binary frames of document channels */
+  _sendBinary (data: Uint8Array): void {
+    if (this.connected && this.ws !== null) this.ws.send(data)
+  }
+
+  /** The handle of a room (not joined until `join()`). */
+  room (id: string): Room {
+    let r = this.rooms.get(id)
+    if (r === undefined) {
+      r = new Room(this, id)
+      this.rooms.set(id, r)
+    }
+    return r
+  }
+
+  /** A Yjs provider for document `id` over this socket. */
+  doc (id: string, ydoc: Y.Doc, opts: { awareness?: awarenessProtocol.Awareness } = {}): DocProvider {
+    if (this.docs.has(id)) throw new Error(`document ${id} already has a provider on this client`)
+    const d = new DocProvider(this, id, ydoc, opts.awareness ?? new awarenessProtocol.Awareness(ydoc))
+    this.docs.set(id, d)
+    return d
+  }
+
+  /** @internal */
+  _forgetDoc (id: string): void {
+    this.docs.delete(id)
+  }
+
+  /** @internal */
+  _forgetRoom (id: string): void {
+    this.rooms.delete(id)
+  }
+
+  /** Drops the socket and stays offline until `goOnline()`; sends made meanwhile wait (queued). */
+  goOffline (): void {
+    this.offline = true
+    if (this.reconnectTimer !== null) {
+      clearTimeout(this.reconnectTimer)
+      this.reconnectTimer = null
+    }
+    this.dropConnection()
+  }
+
+  /** Reconnects after `goOffline()`: rooms resume, queued sends go out, documents resync. */
+  goOnline (): void {
+    if (!this.offline) return
+    this.offline = false
+    if (this.ws === null && this.reconnectTimer === null) void this.connect()
+  }
+
+  /** Drops the socket as if the network failed; reconnects (unless offline or closed). */
+  dropConnection (): void {
+    const ws = this.ws
+    if (ws === null) return
+    if (typeof ws.terminate === 'function') ws.terminate()
+    else ws.close()
+  }
+
+  /** Closes the client for good: no reconnect; pending requests reject. */
+  close (): void {
+    this.closedByUser = true
+    if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer)
+    for (const d of [...this.docs.values()]) d.destroy()
+    const ws = this.ws
+    if (ws !== null) ws.close(1000)
+    else this.onClose(1000, 'closed')
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rooms
+
+export interface JoinResult {
+  position: Position
+  recovered?: boolean
+  reason?: string
+}
+
+/**
+ * A chat room. Events: `event` (every committed event, in order, exactly once), `message`
+ * (`chat.message.sent` events), `presence` (Map user → entry, on every change), `typing` (string[] of
+ * users typing), `reset` ({reason}: resume was impossible; reload with `history()`), `closed`
+ * ({code, message}: the server dropped the room; the client rejoins by itself).
+ */
+export class Room extends Emitter {
+  /** The last event seen (what a reconnect resumes from). */
+  position: Position | null = null
+  /** Who is here: one entry per user, however many tabs. */
+  readonly presence = new Map<string, PresenceEntry>()
+  /** Users typing now. */
+  typists: string[] = []
+  private joined = false
+  private state: unknown = undefined
+  private joining: Promise<JoinResult> | null = null
+
+  constructor (private readonly client: TandemClient, readonly id: string) {
+    super()
+  }
+
+  /** Joins (and, after reconnects, rejoins) the room; `state` is this connection's presence. */
+  join (opts: { state?: unknown } = {}): Promise<JoinResult> {
+    if (opts.state !== undefined) this.state = opts.state
+    this.joined = true
+    return this.sendJoin()
+  }
+
+  private sendJoin (): Promise<JoinResult> {
+    const frame: any = { t: 'join', room: this.id }
+    if (this.position !== null) frame.since = this.position
+    if (this.state !== undefined) frame.state = this.state
+    const p = this.client.request(frame).then((m: any) => ({
+      position: m.position, recovered: m.recovered, reason: m.reason
+    }))
+    this.joining = p
+    p.catch(() => {}).finally(() => {
+      if (this.joining === p) this.joining = null
+    })
+    return p
+  }
+
+  /** Leaves the room (no more events, presence removed). */
+  async leave (): Promise<void> {
+    this.joined = false
+    this.presence.clear()
+    this.typists = []
+    await this.client.request({ t: 'leave', room: this.id })
+    this.client._forgetRoom(this.id)
+  }
+
+  /**
+   * Sends a chat message. Resolves with its ack once committed; while offline it waits and is sent
+   * (with the same id, so at most once) after the reconnect.
+   */
+  send (text: string, opts: { id?: string } = {}): Promise<Ack> {
+    return this.client.request({ t: 'send', id: opts.id ?? newId('m'), room: this.id, text }, true).then(ackOf)
+  }
+
+  /** Replaces the text of message `seq` (author or room admin). */
+  edit (seq: number, text: string, opts: { id?: string } = {}): Promise<Ack> {
+    return this.client.request({ t: 'edit', id: opts.id ?? newId('e'), room: this.id, target: seq, text }, true).then(ackOf)
+  }
+
+  /** Withdraws message `seq` (author or room admin). */
+  delete (seq: number, opts: { id?: string } = {}): Promise<Ack> {
+    return this.client.request({ t: 'delete', id: opts.id ?? newId('d'), room: this.id, target: seq }, true).then(ackOf)
+  }
+
+  /** Replaces this connection's presence state (kept across reconnects). */
+  setPresence (state: unknown): void {
+    this.state = state
+    this.client.notify({ t: 'presence', room: this.id, state })
+  }
+
+  /** Typing indicator on or off. Call `typing(true)` again within the server's timeout (5 s) to keep it on. */
+  typing (on: boolean): void {
+    this.client.notify({ t: 'typing', room: this.id, typing: on })
+  }
+
+  /** A page of committed events: the newest `limit` before `before`, or the first `limit` after `after`. */
+  async history (opts: { before?: number, after?: number, limit?: number } = {}): Promise<RoomEvent[]> {
+    const m = await this.client.request({ t: 'history', room: this.id, ...opts })
+    return m.events as RoomEvent[]
+  }
+
+  private deliver (e: RoomEvent): void {
+    if (this.position !== null && e.seq <= this.position.seq) return // already seen
+    if (this.position !== null && e.seq > this.position.seq + 1 && this.joining === null) {
+      // A gap (should not happen): resume from what we have.
+      void this.sendJoin().catch(() => {})
+      return
+    }
+    this.position = { epoch: e.epoch, seq: e.seq }
+    this.emit('event', e)
+    if (e.type === 'chat.message.sent') this.emit('message', e)
+  }
+
+  /** @internal */
+  _frame (m: any): void {
+    switch (m.t) {
+      case 'joined': {
+        if (m.recovered === true) {
+          // Exactly the events after our position, in order.
+          for (const e of m.events ?? []) this.deliver(e)
+        } else {
+          if (m.recovered === false) this.emit('reset', { reason: m.reason })
+          // First join, or resume impossible: start at the room's current position.
+          this.position = m.position
+        }
+        this.presence.clear()
+        for (const p of m.presence ?? []) this.presence.set(p.user, p)
+        this.typists = m.typing ?? []
+        this.emit('presence', this.presence)
+        this.emit('typing', this.typists)
+        return
+      }
+      case 'event':
+        if (this.joining === null) this.deliver(m.event)
+        else {
+          // Events racing a rejoin: the joined reply replays them in order; later ones pass the filter.
+          const j = this.joining
+          void j.then(() => this.deliver(m.event), () => {})
+        }
+        return
+      case 'presence':
+        for (const p of m.set ?? []) this.presence.set(p.user, p)
+        for (const u of m.gone ?? []) this.presence.delete(u)
+        this.emit('presence', this.presence)
+        return
+      case 'typing':
+        this.typists = m.users ?? []
+        this.emit('typing', this.typists)
+        return
+      case 'room.closed':
+        this.emit('closed', { code: m.code, message: m.message })
+        if (this.joined) setTimeout(() => { if (this.joined && this.client.isConnected) void this.sendJoin().catch(() => {}) }, 200)
+    }
+  }
+
+  /** @internal */
+  _disconnected (): void {
+    this.typists = []
+  }
+
+  /** @internal */
+  _reconnected (): void {
+    if (this.joined) void this.sendJoin().catch(() => {})
+  }
+}
+
+function ackOf (m: any): Ack {
+  const a: Ack = { epoch: m.epoch, seq: m.seq }
+  if (m.duplicate === true) a.duplicate = true
+  return a
+}
+
+// ---------------------------------------------------------------------------------------------
+// Documents: a Yjs provider over the shared socket
+
+const MESSAGE_SYNC = 0
+const MESSAGE_AWARENESS = 1
+const MESSAGE_AUTH = 2
+const MESSAGE_QUERY_AWARENESS = 3
+
+/**
+ * Keeps a Y.Doc (and its awareness) in sync with the server over the client's socket, with the
+ * semantics of the y-websocket provider. Events: `synced` (true after the server's state arrived),
+ * `status` ('connecting' | 'connected' | 'disconnected'), `closed` ({code, reason}: the server closed
+ * the channel; the provider reopens it), `permission-denied` (reason).
+ */
+export class DocProvider extends Emitter {
+  synced = false
+  private open = false
+  private destroyed = false
+  private readonly prefix: Uint8Array
+  private readonly onUpdate: (update: Uint8Array, origin: unknown) => void
+  private readonly onAwareness: (changes: { added: number[], updated: number[], removed: number[] }, origin: unknown) => void
+
+  constructor (
+    private readonly client: TandemClient,
+    readonly id: string,
+    readonly doc: Y.Doc,
+    readonly awareness: awarenessProtocol.Awareness
+  ) {
+    super()
+    const enc = encoding.createEncoder()
+    encoding.writeVarString(enc, id)
+    this.prefix = encoding.toUint8Array(enc)
+    this.onUpdate = (update, origin) => {
+      if (origin === this) return
+      const e = this.encoder()
+      encoding.writeVarUint(e, MESSAGE_SYNC)
+      syncProtocol.writeUpdate(e, update)
+      this.sendBinary(e)
+    }
+    this.onAwareness = ({ added, updated, removed }, _origin) => {
+      const changed = added.concat(updated, removed)
+      if (!changed.includes(this.doc.clientID)) return
+      const e = this.encoder()
+      encoding.writeVarUint(e, MESSAGE_AWARENESS)
+      encoding.writeVarUint8Array(e, awarenessProtocol.encodeAwarenessUpdate(this.awareness, [this.doc.clientID]))
+      this.sendBinary(e)
+    }
+    doc.on('update', this.onUpdate)
+    awareness.on('update', this.onAwareness)
+    if (client.isConnected) this.openChannel()
+  }
+
+  private encoder (): encoding.Encoder {
+    const e = encoding.createEncoder()
+    encoding.writeUint8Array(e, this.prefix)
+    return e
+  }
+
+  private sendBinary (e: encoding.Encoder): void {
+    if (this.open) this.client._sendBinary(encoding.toUint8Array(e))
+  }
+
+  private openChannel (): void {
+    if (this.destroyed) return
+    this.emit('status', 'connecting')
+    this.client.request({ t: 'doc.open', doc: this.id }).then(() => {
+      if (this.destroyed) return
+      this.open = true
+      this.emit('status', 'connected')
+      // Our state vector (the server answers with what we lack) and our awareness state.
+      const e = this.encoder()
+      encoding.writeVarUint(e, MESSAGE_SYNC)
+      syncProtocol.writeSyncStep1(e, this.doc)
+      this.sendBinary(e)
+      if (this.awareness.getLocalState() !== null) {
+        const a = this.encoder()
+        encoding.writeVarUint(a, MESSAGE_AWARENESS)
+        encoding.writeVarUint8Array(a, awarenessProtocol.encodeAwarenessUpdate(this.awareness, [this.doc.clientID]))
+        this.sendBinary(a)
+      }
+    }, (err: Error) => {
+      this.emit('error', err)
+    })
+  }
+
+  /** @internal a y-websocket message for this document */
+  _message (data: Uint8Array): void {
+    const decoder = decoding.createDecoder(data)
+    const type = decoding.readVarUint(decoder)
+    switch (type) {
+      case MESSAGE_SYNC: {
+        const e = this.encoder()
+        encoding.writeVarUint(e, MESSAGE_SYNC)
+        const kind = syncProtocol.readSyncMessage(decoder, e, this.doc, this)
+        // Reply (sync step 2) only when the message asked for one.
+        if (kind === syncProtocol.messageYjsSyncStep1) this.sendBinary(e)
+        if (kind === syncProtocol.messageYjsSyncStep2 && !this.synced) {
+          this.synced = true
+          this.emit('synced', true)
+        }
+        return
+      }
+      case MESSAGE_AWARENESS:
+        awarenessProtocol.applyAwarenessUpdate(this.awareness, decoding.readVarUint8Array(decoder), this)
+        return
+      case MESSAGE_AUTH:
+        decoding.readVarUint(decoder)
+        this.emit('permission-denied', decoding.readVarString(decoder))
+        return
+      case MESSAGE_QUERY_AWARENESS: {
+        const e = this.encoder()
+        encoding.writeVarUint(e, MESSAGE_AWARENESS)
+        encoding.writeVarUint8Array(e, awarenessProtocol.encodeAwarenessUpdate(this.awareness, Array.from(this.awareness.getStates().keys())))
+        this.sendBinary(e)
+      }
+    }
+  }
+
+  /** @internal the server closed the channel (resync needed, store trouble, shutdown) */
+  _closed (m: any): void {
+    this.open = false
+    this.synced = false
+    this.emit('closed', { code: m.code, reason: m.reason })
+    // Remote awareness states died with the channel.
+    const others = Array.from(this.awareness.getStates().keys()).filter((c) => c !== this.doc.clientID)
+    awarenessProtocol.removeAwarenessStates(this.awareness, others, this)
+    if (!this.destroyed && m.code !== 1001) {
+      setTimeout(() => { if (!this.destroyed && this.client.isConnected) this.openChannel() }, 100)
+    }
+  }
+
+  /** @internal */
+  _disconnected (): void {
+    this.open = false
+    this.synced = false
+    this.emit('status', 'disconnected')
+    const others = Array.from(this.awareness.getStates().keys()).filter((c) => c !== this.doc.clientID)
+    awarenessProtocol.removeAwarenessStates(this.awareness, others, this)
+  }
+
+  /** @internal */
+  _reconnected (): void {
+    this.openChannel()
+  }
+
+  /** Stops syncing: announces that this client's awareness is gone and closes the channel. */
+  destroy (): void {
+    if (this.destroyed) return
+    if (this.open) {
+      awarenessProtocol.removeAwarenessStates(this.awareness, [this.doc.clientID], 'destroy')
+      const a = this.encoder()
+      encoding.writeVarUint(a, MESSAGE_AWARENESS)
+      encoding.writeVarUint8Array(a, awarenessProtocol.encodeAwarenessUpdate(this.awareness, [this.doc.clientID]))
+      this.sendBinary(a)
+      this.client.request({ t: 'doc.close', doc: this.id }).catch(() => {})
+    }
+    this.destroyed = true
+    this.open = false
+    this.doc.off('update', this.onUpdate)
+    this.awareness.off('update', this.onAwareness)
+    this.client._forgetDoc(this.id)
+  }
+}
