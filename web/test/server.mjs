@@ -47,11 +47,11 @@ export function makeDataDir (prefix = 'tandem-test-') {
 
 /**
  * Start `tandem dev --listen 127.0.0.1:0 --data DIR --shards 2 ...args`.
- * @param {{ args?: string[], env?: Record<string,string>, dataDir?: string, name?: string }} [opts]
+ * @param {{ args?: string[], env?: Record<string,string>, dataDir?: string, name?: string, listen?: string }} [opts]
  */
 export async function startServer (opts = {}) {
   const dataDir = opts.dataDir ?? makeDataDir()
-  const args = ['dev', '--listen', '127.0.0.1:0', '--data', dataDir, '--shards', '2', ...(opts.args ?? [])]
+  const args = ['dev', '--listen', opts.listen ?? '127.0.0.1:0', '--data', dataDir, '--shards', '2', ...(opts.args ?? [])]
   const env = { ...process.env, RUST_LOG: 'info', NO_COLOR: '1', ...(opts.env ?? {}) }
   const proc = spawn(TANDEM_BIN, args, { env, stdio: ['ignore', 'pipe', 'pipe'] })
   const name = opts.name ?? 'tandem'

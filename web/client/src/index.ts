@@ -264,8 +264,8 @@ export class TandemClient extends Emitter {
       if (p.timer !== undefined) clearTimeout(p.timer)
       if (m.t === 'error') p.reject(new TandemError(m.code, m.message))
       else p.resolve(m)
-      // A joined reply also carries the room's state: the room handles it below.
-      if (m.t !== 'joined') return
+      // A joined or doc.opened reply also carries state: it is handled below.
+      if (m.t !== 'joined' && m.t !== 'doc.opened') return
     }
     switch (m.t) {
       case 'joined':
@@ -274,6 +274,10 @@ export class TandemClient extends Emitter {
       case 'typing':
       case 'room.closed':
         this.rooms.get(m.room)?._frame(m)
+        return
+      case 'doc.opened':
+        // Handled here, synchronously: the document's binary frames may follow in the same tick.
+        this.docs.get(m.doc)?._opened()
         return
       case 'doc.closed':
         this.docs.get(m.doc)?._closed(m)
@@ -633,24 +637,27 @@ export class DocProvider extends Emitter {
   private openChannel (): void {
     if (this.destroyed) return
     this.emit('status', 'connecting')
-    this.client.request({ t: 'doc.open', doc: this.id }).then(() => {
-      if (this.destroyed) return
-      this.open = true
-      this.emit('status', 'connected')
-      // Our state vector (the server answers with what we lack) and our awareness state.
-      const e = this.encoder()
-      encoding.writeVarUint(e, MESSAGE_SYNC)
-      syncProtocol.writeSyncStep1(e, this.doc)
-      this.sendBinary(e)
-      if (this.awareness.getLocalState() !== null) {
-        const a = this.encoder()
-        encoding.writeVarUint(a, MESSAGE_AWARENESS)
-        encoding.writeVarUint8Array(a, awarenessProtocol.encodeAwarenessUpdate(this.awareness, [this.doc.clientID]))
-        this.sendBinary(a)
-      }
-    }, (err: Error) => {
+    this.client.request({ t: 'doc.open', doc: this.id }).catch((err: Error) => {
       this.emit('error', err)
     })
+  }
+
+  /** @internal the server opened the channel: its sync messages follow this reply immediately. */
+  _opened (): void {
+    if (this.destroyed) return
+    this.open = true
+    this.emit('status', 'connected')
+    // Our state vector (the server answers with what we lack) and our awareness state.
+    const e = this.encoder()
+    encoding.writeVarUint(e, MESSAGE_SYNC)
+    syncProtocol.writeSyncStep1(e, this.doc)
+    this.sendBinary(e)
+    if (this.awareness.getLocalState() !== null) {
+      const a = this.encoder()
+      encoding.writeVarUint(a, MESSAGE_AWARENESS)
+      encoding.writeVarUint8Array(a, awarenessProtocol.encodeAwarenessUpdate(this.awareness, [this.doc.clientID]))
+      this.sendBinary(a)
+    }
   }
 
   /** @internal a y-websocket message for this document */

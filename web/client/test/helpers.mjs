@@ -53,12 +53,13 @@ export function raw (server, tok) {
   ws.on('message', (data, isBinary) => {
     if (isBinary) return
     const m = JSON.parse(data.toString())
-    frames.push(m)
-    for (const w of [...waiters]) {
-      if (w.pred(m)) {
-        waiters.splice(waiters.indexOf(w), 1)
-        w.resolve(m)
-      }
+    const w = waiters.find((w) => w.pred(m))
+    if (w) {
+      // Consumed by the waiter; not kept for later next() calls.
+      waiters.splice(waiters.indexOf(w), 1)
+      w.resolve(m)
+    } else {
+      frames.push(m)
     }
   })
   const opened = new Promise((resolve, reject) => {
@@ -86,7 +87,7 @@ export function raw (server, tok) {
         setTimeout(() => {
           if (waiters.includes(w)) {
             waiters.splice(waiters.indexOf(w), 1)
-            reject(new Error('no matching frame in time; got ' + JSON.stringify(frames).slice(0, 2000)))
+            reject(new Error('no matching frame in time; unclaimed: ' + JSON.stringify(frames).slice(0, 2000)))
           }
         }, timeoutMs)
       })
