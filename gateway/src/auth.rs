@@ -413,7 +413,11 @@ mod tests {
         let room = |s: &str| RoomId::parse(s).expect("valid");
         assert_eq!(id.room_access(&room("team-1")), Some(Access::Write));
         assert_eq!(id.room_access(&room("announce")), Some(Access::Read));
-        assert_eq!(id.room_access(&room("secret")), None, "docs grants say nothing about rooms");
+        assert_eq!(
+            id.room_access(&room("secret")),
+            None,
+            "docs grants say nothing about rooms"
+        );
         assert_eq!(id.doc_access(&doc("secret")), Some(Access::Write));
     }
 

@@ -255,15 +255,15 @@ pub(crate) async fn read_loop<I: Inbound>(
                 }
             }
             // Cancelling on idle timeout is fine for the same reason: the socket is dropped.
-            None => match tokio::time::timeout(idle_timeout, reader.read_frame(&mut obligated))
-                .await
-            {
-                Ok(r) => r,
-                Err(_) => {
-                    Box::pin(out_half.close(1001, "idle timeout", write_timeout)).await;
-                    break;
+            None => {
+                match tokio::time::timeout(idle_timeout, reader.read_frame(&mut obligated)).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        Box::pin(out_half.close(1001, "idle timeout", write_timeout)).await;
+                        break;
+                    }
                 }
-            },
+            }
         };
         let frame = match read {
             Ok(f) => f,

@@ -201,7 +201,10 @@ impl V1Inbound {
             self.reply_error(
                 None,
                 None,
-                &refuse("bad_frame", "a binary frame starts with the document id (lib0 var-string)"),
+                &refuse(
+                    "bad_frame",
+                    "a binary frame starts with the document id (lib0 var-string)",
+                ),
             );
             return;
         };
@@ -224,7 +227,10 @@ impl V1Inbound {
                 self.reply_error(
                     None,
                     Some(("doc", &doc)),
-                    &refuse("unknown_doc", "this document is not open on this socket (doc.open)"),
+                    &refuse(
+                        "unknown_doc",
+                        "this document is not open on this socket (doc.open)",
+                    ),
                 )
             }
         }
@@ -254,7 +260,11 @@ impl V1Inbound {
                 return;
             }
         };
-        let t = v.get("t").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let t = v
+            .get("t")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         let result = match t.as_str() {
             "ping" => {
                 send_json(&self.sink, &json!({ "t": "pong", "id": id }));
@@ -270,8 +280,14 @@ impl V1Inbound {
             _ => Err(refuse("bad_frame", "unknown frame type")),
         };
         if let Err(r) = result {
-            let room = v.get("room").and_then(Value::as_str).filter(|s| s.len() <= 128);
-            let doc = v.get("doc").and_then(Value::as_str).filter(|s| s.len() <= 128);
+            let room = v
+                .get("room")
+                .and_then(Value::as_str)
+                .filter(|s| s.len() <= 128);
+            let doc = v
+                .get("doc")
+                .and_then(Value::as_str)
+                .filter(|s| s.len() <= 128);
             let extra = room.map(|r| ("room", r)).or(doc.map(|d| ("doc", d)));
             self.reply_error(id.as_deref(), extra, &r);
         }
@@ -300,8 +316,7 @@ impl V1Inbound {
         // Opening again restarts the channel (after a doc.closed, or to force a resync).
         let previous = {
             let r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-            if !r.docs.contains_key(doc.as_str()) && r.docs.len() >= self.gw.cfg.max_docs_per_conn
-            {
+            if !r.docs.contains_key(doc.as_str()) && r.docs.len() >= self.gw.cfg.max_docs_per_conn {
                 return Err(refuse("limit", "too many open documents on this socket"));
             }
             r.docs.get(doc.as_str()).cloned()
@@ -371,10 +386,9 @@ impl V1Inbound {
         let seq = |k: &str| -> Result<Option<Seq>, Refusal> {
             match v.get(k) {
                 None | Some(Value::Null) => Ok(None),
-                Some(x) => x
-                    .as_u64()
-                    .map(|n| Some(Seq(n)))
-                    .ok_or_else(|| refuse("bad_frame", format!("{k} must be a seq (unsigned integer)"))),
+                Some(x) => x.as_u64().map(|n| Some(Seq(n))).ok_or_else(|| {
+                    refuse("bad_frame", format!("{k} must be a seq (unsigned integer)"))
+                }),
             }
         };
         let (before, after) = (seq("before")?, seq("after")?);
@@ -432,11 +446,11 @@ impl V1Inbound {
             "join" => {
                 let since = match v.get("since") {
                     None | Some(Value::Null) => None,
-                    Some(p) => Some(
-                        serde_json::from_value::<Position>(p.clone()).map_err(|_| {
+                    Some(p) => {
+                        Some(serde_json::from_value::<Position>(p.clone()).map_err(|_| {
                             refuse("bad_frame", "since must be {\"epoch\": N, \"seq\": N}")
-                        })?,
-                    ),
+                        })?)
+                    }
                 };
                 let state = v.get("state").filter(|s| !s.is_null()).cloned();
                 RoomRequest::Join { since, state }
@@ -489,7 +503,10 @@ impl V1Inbound {
                 }
                 (_, Some(s)) => s,
                 (_, None) => {
-                    return Err(refuse("unknown_room", "this socket has not joined the room"))
+                    return Err(refuse(
+                        "unknown_room",
+                        "this socket has not joined the room",
+                    ))
                 }
             }
         };
@@ -527,7 +544,11 @@ mod tests {
         }
         assert_eq!(split_prefix(&[]), None);
         assert_eq!(split_prefix(&[5, b'a']), None, "truncated id");
-        assert_eq!(split_prefix(&[0x80, 0x80, 0x80, 0x01]), None, "absurd length");
+        assert_eq!(
+            split_prefix(&[0x80, 0x80, 0x80, 0x01]),
+            None,
+            "absurd length"
+        );
         assert_eq!(split_prefix(&[2, 0xff, 0xfe]), None, "not UTF-8");
     }
 }

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use schemars::{schema_for, JsonSchema};
 
 use crate::event::{
-    ChatMessageDeletedV1, ChatMessageEditedV1, ChatMessageSentV1, DocumentUpdatedV1, Event, ScreenShareV1, TypingV1, UserPresenceV1,
-    VideoPeerSignalV1,
+    ChatMessageDeletedV1, ChatMessageEditedV1, ChatMessageSentV1, DocumentUpdatedV1, Event,
+    ScreenShareV1, TypingV1, UserPresenceV1, VideoPeerSignalV1,
 };
 
 fn render<T: JsonSchema>() -> String {

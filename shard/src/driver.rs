@@ -14,8 +14,8 @@ use tokio::time::Instant;
 
 use crate::config::CoreConfig;
 use crate::core::{ConnId, Output, ShardCore};
-use crate::room::{RoomAccess, RoomCore, RoomOutput, RoomRequest};
 use crate::metrics::Metrics;
+use crate::room::{RoomAccess, RoomCore, RoomOutput, RoomRequest};
 
 /// What a shard sends to one client connection.
 #[derive(Debug, Clone)]
@@ -26,11 +26,14 @@ pub enum ConnOut {
     Text(Arc<[u8]>),
     /// A binary message of the native protocol: a channel prefix (the document id) then the message.
     /// Boxed so that the enum stays three words.
-    Prefixed(Box<(Arc<[u8]>, Arc<[u8]>)>),
+    Prefixed(Box<Prefixed>),
     /// Close the socket with this code and reason. (`Box<str>`, not `String`: this enum sizes every
     /// slot of each socket's queue, allocated up front per connection.)
     Close(u16, Box<str>),
 }
+
+/// A channel prefix and the message after it.
+pub type Prefixed = (Arc<[u8]>, Arc<[u8]>);
 
 /// The shard's handle on one connection's outbound queue (bounded: a slow consumer is closed).
 #[derive(Clone)]

@@ -66,8 +66,8 @@ impl Metrics {
             ),
         )
         .expect("valid metric");
-        let rooms_loaded = IntGauge::new("tandem_rooms_loaded", "Rooms held in memory")
-            .expect("valid metric");
+        let rooms_loaded =
+            IntGauge::new("tandem_rooms_loaded", "Rooms held in memory").expect("valid metric");
         let room_events = IntCounter::new(
             "tandem_room_events_total",
             "Room events committed and broadcast",

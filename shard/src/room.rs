@@ -18,9 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use proto::event::{
-    ChatMessageDeletedV1, ChatMessageEditedV1, ChatMessageSentV1, UserPresenceV1,
-};
+use proto::event::{ChatMessageDeletedV1, ChatMessageEditedV1, ChatMessageSentV1, UserPresenceV1};
 use proto::{Epoch, Event, EventPayload, RoomId, Seq, UserId};
 use serde::{Deserialize, Serialize};
 use store::{Loaded, Snapshot, StoreError};
@@ -417,10 +415,7 @@ impl RoomCore {
                 let quiet = r.inflight.is_empty()
                     && r.ghosts.is_empty()
                     && matches!(r.phase, Phase::Ready { .. });
-                let idle = r
-                    .idle_since
-                    .filter(|_| quiet)
-                    .map(|t| t + self.idle_unload);
+                let idle = r.idle_since.filter(|_| quiet).map(|t| t + self.idle_unload);
                 let ghost = r.ghosts.values().min().copied();
                 [idle, ghost, r.flush_at, r.typing_next]
             })
@@ -492,7 +487,12 @@ impl RoomCore {
         if let Phase::Loading { queued } = &mut r.phase {
             let mine = queued.iter().filter(|q| q.conn == conn).count();
             if mine >= MAX_QUEUED_WHILE_LOADING {
-                self.reply_error(conn, &room, rid.as_deref(), &RoomError::Limit("requests queued while the room loads"));
+                self.reply_error(
+                    conn,
+                    &room,
+                    rid.as_deref(),
+                    &RoomError::Limit("requests queued while the room loads"),
+                );
                 return;
             }
             queued.push_back(Queued {
@@ -533,7 +533,10 @@ impl RoomCore {
                     return Err(RoomError::UnknownRoom);
                 }
                 self.leave(now, conn, room);
-                self.send(conn, &serde_json::json!({ "t": "left", "id": rid, "room": room }));
+                self.send(
+                    conn,
+                    &serde_json::json!({ "t": "left", "id": rid, "room": room }),
+                );
                 Ok(())
             }
             RoomRequest::Send { text } => {
@@ -546,7 +549,11 @@ impl RoomCore {
                 if self.dedupe(conn, &user, room, rid) {
                     return Ok(());
                 }
-                if let Some(m) = self.rooms.get_mut(room).and_then(|r| r.members.get_mut(&conn)) {
+                if let Some(m) = self
+                    .rooms
+                    .get_mut(room)
+                    .and_then(|r| r.members.get_mut(&conn))
+                {
                     if m.typing_until.take().is_some() {
                         self.schedule_flush(now, room);
                     }
@@ -666,7 +673,9 @@ impl RoomCore {
             return Err(RoomError::NotFound);
         }
         if &c.event.actor != user && m.access < RoomAccess::Admin {
-            return Err(RoomError::Forbidden("only the author or a room admin may change a message"));
+            return Err(RoomError::Forbidden(
+                "only the author or a room admin may change a message",
+            ));
         }
         Ok(())
     }
@@ -784,11 +793,8 @@ impl RoomCore {
                 Err(why) => (Some(false), Some(why), Vec::new()),
             },
         };
-        let presence: Vec<serde_json::Value> = r
-            .users
-            .keys()
-            .filter_map(|u| r.presence_entry(u))
-            .collect();
+        let presence: Vec<serde_json::Value> =
+            r.users.keys().filter_map(|u| r.presence_entry(u)).collect();
         let typing = r.typists(now);
         let events_json = format!("[{}]", events.join(","));
         // The room's position: its latest event (what a client that saw everything resumes from).
@@ -953,10 +959,16 @@ impl RoomCore {
             r.idle_since = Some(now);
         }
         for q in queued {
-            if let Err(e) = self.process(now, q.conn, q.user, q.access, room, q.rid.as_deref(), q.req) {
+            if let Err(e) =
+                self.process(now, q.conn, q.user, q.access, room, q.rid.as_deref(), q.req)
+            {
                 self.reply_error(q.conn, room, q.rid.as_deref(), &e);
                 // A refused join leaves the connection outside the room.
-                if !self.rooms.get(room).is_some_and(|r| r.members.contains_key(&q.conn)) {
+                if !self
+                    .rooms
+                    .get(room)
+                    .is_some_and(|r| r.members.contains_key(&q.conn))
+                {
                     self.detach(q.conn, room);
                 }
             }
@@ -994,8 +1006,9 @@ impl RoomCore {
         r.applied = seq;
         r.since_snapshot += 1;
         let json: Arc<str> = serde_json::to_string(&event).unwrap_or_default().into();
-        let frame: Arc<[u8]> =
-            format!(r#"{{"t":"event","room":"{room}","event":{json}}}"#).into_bytes().into();
+        let frame: Arc<[u8]> = format!(r#"{{"t":"event","room":"{room}","event":{json}}}"#)
+            .into_bytes()
+            .into();
         r.push_window(Committed { event, json }, self.cfg.history_window);
         let want_snapshot = r.since_snapshot >= self.snapshot_every;
         self.broadcast(room, frame);
@@ -1084,7 +1097,8 @@ impl RoomCore {
         for conn in told {
             self.detach(conn, room);
         }
-        self.out.push_back(RoomOutput::Unloaded { room: room.clone() });
+        self.out
+            .push_back(RoomOutput::Unloaded { room: room.clone() });
     }
 
     /// Timers: coalesced presence and typing broadcasts, typing expiry, ghosts, idle unload.
@@ -1116,12 +1130,18 @@ impl RoomCore {
                 }
                 if !set.is_empty() || !left.is_empty() {
                     let v = serde_json::json!({ "t": "presence", "room": id, "set": set, "gone": left });
-                    frames.push((id.clone(), serde_json::to_vec(&v).unwrap_or_default().into()));
+                    frames.push((
+                        id.clone(),
+                        serde_json::to_vec(&v).unwrap_or_default().into(),
+                    ));
                 }
                 let typists = r.typists(now);
                 if typists != r.typing_sent {
                     let v = serde_json::json!({ "t": "typing", "room": id, "users": typists });
-                    frames.push((id.clone(), serde_json::to_vec(&v).unwrap_or_default().into()));
+                    frames.push((
+                        id.clone(),
+                        serde_json::to_vec(&v).unwrap_or_default().into(),
+                    ));
                     r.typing_sent = typists;
                 }
                 // While anything changes, broadcasts stay at most one per interval.
@@ -1203,8 +1223,7 @@ fn recover(r: &RoomState, p: Position) -> Result<Vec<Arc<str>>, &'static str> {
             return Err("epoch_changed");
         }
     }
-    Ok(r
-        .window
+    Ok(r.window
         .iter()
         .filter(|c| c.event.seq > p.seq)
         .map(|c| c.json.clone())
