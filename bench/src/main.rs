@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use bench::report::{self, Machine, Row, Series};
-use bench::scenario::{cold_load, doc_fanout, idle, reconnect};
+use bench::scenario::{chat_fanout, cold_load, doc_fanout, idle, reconnect};
 use bench::target::{Kind, Target, TargetOpts};
 use bench::wire::Dialect;
 use clap::{Args, Parser, Subcommand};
@@ -91,6 +91,9 @@ enum Scenario {
     ReconnectStorm(StormArgs),
     /// Open a large document (B4 trace size class): initial sync time warm and after a restart.
     ColdLoad(ColdArgs),
+    /// One room of M members on the native protocol (/v1); one sender sends N chat messages at R/s:
+    /// send → each member has it (p50…max), → all members have it, → ack. Tandem only.
+    ChatFanout(ChatArgs),
 }
 
 #[derive(Args, Clone)]
@@ -191,6 +194,24 @@ struct StormArgs {
 }
 
 #[derive(Args, Clone)]
+struct ChatArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Receiving members of the room.
+    #[arg(long)]
+    members: Option<usize>,
+    /// Messages sent.
+    #[arg(long)]
+    messages: Option<usize>,
+    /// Messages per second.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Seconds to wait for late deliveries after the last send.
+    #[arg(long)]
+    grace: Option<f64>,
+}
+
+#[derive(Args, Clone)]
 struct ColdArgs {
     #[command(flatten)]
     common: Common,
@@ -212,6 +233,7 @@ struct ConfigFile {
     idle_connections: Option<idle::Params>,
     reconnect_storm: Option<reconnect::Params>,
     cold_load: Option<cold_load::Params>,
+    chat_fanout: Option<chat_fanout::Params>,
 }
 
 #[derive(Deserialize, Clone)]
@@ -316,7 +338,8 @@ persisted!(
     doc_fanout::Outcome,
     idle::Outcome,
     reconnect::Outcome,
-    cold_load::Outcome
+    cold_load::Outcome,
+    chat_fanout::Outcome
 );
 
 /// Starts each target in turn, runs `run` against it, stops it (also when the run failed), and
@@ -783,12 +806,68 @@ async fn run_cold(a: ColdArgs, compare: bool) -> anyhow::Result<()> {
     )
 }
 
+async fn run_chat(a: ChatArgs, compare: bool) -> anyhow::Result<()> {
+    let cfg = load_config(&a.common)?;
+    let opts = target_opts(&a.common, &cfg);
+    // The y-websocket peers have no chat: compare runs Tandem alone.
+    let kinds: Vec<Kind> = targets(&a.common, compare)?
+        .into_iter()
+        .filter(|k| matches!(k, Kind::Tandem | Kind::External(_)))
+        .collect();
+    if kinds.is_empty() {
+        anyhow::bail!("chat-fanout runs against tandem (or a ws:// Tandem) only");
+    }
+    let mut p = cfg.chat_fanout.clone().unwrap_or_default();
+    set(&mut p.members, a.members);
+    set(&mut p.messages, a.messages);
+    set(&mut p.rate, a.rate);
+    set(&mut p.grace, a.grace);
+    let outcomes = on_each_target(&kinds, &opts, async |t, k| {
+        chat_fanout::run(t, &p, &format!("chat-fanout {}", k.name())).await
+    })
+    .await?;
+    let mut r = report::Rows::new(&outcomes);
+    r.add("delivery p50 ms", true, 1, |o| Some(o.delivery.p50_ms))
+        .add("delivery p95 ms", true, 1, |o| Some(o.delivery.p95_ms))
+        .add("delivery p99 ms", true, 1, |o| Some(o.delivery.p99_ms))
+        .add("delivery max ms", true, 1, |o| Some(o.delivery.max_ms))
+        .add("all members have it p50 ms", true, 1, |o| {
+            Some(o.all_members.p50_ms)
+        })
+        .add("all members have it p99 ms", true, 1, |o| {
+            Some(o.all_members.p99_ms)
+        })
+        .add("sender ack p50 ms", true, 1, |o| Some(o.ack.p50_ms))
+        .add("sender ack p99 ms", true, 1, |o| Some(o.ack.p99_ms))
+        .add("deliveries", false, 0, |o| Some(o.deliveries as f64))
+        .add("missing deliveries", true, 0, |o| Some(o.missing as f64))
+        .add("duplicate deliveries", true, 0, |o| Some(o.duplicates as f64))
+        .add("member join p99 ms", true, 1, |o| Some(o.join.p99_ms))
+        .add("server CPU %", true, 0, |o| Some(o.server.cpu_pct))
+        .add("server RSS max MB", true, 1, |o| Some(o.server.rss_max_mb));
+    publish(
+        "chat-fanout",
+        &format!(
+            "chat-fanout: one room of {} members, {} messages at {}/s from one sender",
+            p.members, p.messages, p.rate
+        ),
+        &kinds,
+        &opts,
+        &r.done(),
+        "\nLatency is measured from each message's intended send time (open loop) to the moment a member's socket delivered the committed `event` frame. The peers (Hocuspocus, y-websocket-server) have no chat and are not run.\n",
+        serde_json::to_value(&outcomes)?,
+        &a.common.out,
+        None,
+    )
+}
+
 async fn run_scenario(s: Scenario, compare: bool) -> anyhow::Result<()> {
     match s {
         Scenario::DocFanout(a) => run_fanout(a, compare).await,
         Scenario::IdleConnections(a) => run_idle(a, compare).await,
         Scenario::ReconnectStorm(a) => run_storm(a, compare).await,
         Scenario::ColdLoad(a) => run_cold(a, compare).await,
+        Scenario::ChatFanout(a) => run_chat(a, compare).await,
     }
 }
 

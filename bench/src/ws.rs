@@ -107,7 +107,7 @@ pub async fn connect(
 /// What [`read`] returns: a data message, or the end of the connection.
 pub enum Msg {
     Binary(Vec<u8>),
-    Text,
+    Text(Vec<u8>),
     Closed(Option<u16>),
 }
 
@@ -121,7 +121,7 @@ pub async fn read(reader: &mut Reader, writer: &Writer) -> Msg {
         };
         match frame.opcode {
             OpCode::Binary => return Msg::Binary(frame.payload.to_vec()),
-            OpCode::Text => return Msg::Text,
+            OpCode::Text => return Msg::Text(frame.payload.to_vec()),
             OpCode::Ping => {
                 let data = frame.payload.to_vec();
                 let mut w = writer.lock().await;
@@ -143,6 +143,14 @@ pub async fn read(reader: &mut Reader, writer: &Writer) -> Msg {
 pub async fn send(writer: &Writer, bytes: Vec<u8>) -> anyhow::Result<()> {
     let mut w = writer.lock().await;
     w.write_frame(Frame::binary(Payload::Owned(bytes)))
+        .await
+        .map_err(|e| anyhow!("send: {e}"))
+}
+
+/// Sends one text message.
+pub async fn send_text(writer: &Writer, text: String) -> anyhow::Result<()> {
+    let mut w = writer.lock().await;
+    w.write_frame(Frame::text(Payload::Owned(text.into_bytes())))
         .await
         .map_err(|e| anyhow!("send: {e}"))
 }

@@ -120,7 +120,7 @@ async fn initial_sync(
                     }
                     _ => {}
                 },
-                ws::Msg::Text => {}
+                ws::Msg::Text(_) => {}
                 ws::Msg::Closed(c) => return Err(anyhow!("closed before the sync ({c:?})")),
             }
         }

@@ -294,7 +294,7 @@ async fn open_editor(
                             Incoming::Authenticated | Incoming::Other => {}
                         }
                     }
-                    ws::Msg::Text => {}
+                    ws::Msg::Text(_) => {}
                     ws::Msg::Closed(_) => {
                         if start.get().is_some() && !counters.stopping.load(Ordering::Relaxed) {
                             counters.disconnects.fetch_add(1, Ordering::Relaxed);

@@ -123,7 +123,7 @@ pub(crate) async fn open_one(
                     }
                     _ => {}
                 },
-                ws::Msg::Text => {}
+                ws::Msg::Text(_) => {}
                 ws::Msg::Closed(_) => {
                     if tx.is_none() {
                         dropped.fetch_add(1, Ordering::Relaxed);

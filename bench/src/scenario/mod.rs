@@ -1,6 +1,7 @@
 //! Load scenarios. Each takes its parameters, drives a started [`crate::target::Target`] and returns
 //! a serialisable result; `main.rs` turns results into reports.
 
+pub mod chat_fanout;
 pub mod cold_load;
 pub mod doc_fanout;
 pub mod idle;

@@ -355,7 +355,7 @@ export class TandemClient extends Emitter {
   /** A Yjs provider for document `id` over this socket. */
   doc (id: string, ydoc: Y.Doc, opts: { awareness?: awarenessProtocol.Awareness } = {}): DocProvider {
     if (this.docs.has(id)) throw new Error(`document ${id} already has a provider on this client`)
-    const d = new DocProvider(this, id, ydoc, opts.awareness ?? new awarenessProtocol.Awareness(ydoc))
+    const d = new DocProvider(this, id, ydoc, opts.awareness ?? new awarenessProtocol.Awareness(ydoc), opts.awareness === undefined)
     this.docs.set(id, d)
     return d
   }
@@ -598,7 +598,9 @@ export class DocProvider extends Emitter {
     private readonly client: TandemClient,
     readonly id: string,
     readonly doc: Y.Doc,
-    readonly awareness: awarenessProtocol.Awareness
+    readonly awareness: awarenessProtocol.Awareness,
+    /** Whether this provider created `awareness` (and so destroys it, stopping its timer). */
+    private readonly ownsAwareness = false
   ) {
     super()
     const enc = encoding.createEncoder()
@@ -735,6 +737,7 @@ export class DocProvider extends Emitter {
     this.open = false
     this.doc.off('update', this.onUpdate)
     this.awareness.off('update', this.onAwareness)
+    if (this.ownsAwareness) this.awareness.destroy()
     this.client._forgetDoc(this.id)
   }
 }
