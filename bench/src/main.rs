@@ -92,7 +92,7 @@ enum Scenario {
     /// Open a large document (B4 trace size class): initial sync time warm and after a restart.
     ColdLoad(ColdArgs),
     /// One room of M members on the native protocol (/v1); one sender sends N chat messages at R/s:
-    /// send → each member has it (p50…max), → all members have it, → ack. Tandem only.
+    /// send → each member has it (p50…max), → all members have it, → ack. Tandem and socketio.
     ChatFanout(ChatArgs),
 }
 
@@ -294,7 +294,39 @@ fn targets(c: &Common, compare: bool) -> anyhow::Result<Vec<Kind>> {
             "tandem".into()
         }
     });
-    list.split(',').map(|s| Kind::parse(s.trim())).collect()
+    let kinds: Vec<Kind> = list
+        .split(',')
+        .map(|s| Kind::parse(s.trim()))
+        .collect::<anyhow::Result<_>>()?;
+    if kinds.contains(&Kind::SocketIo) {
+        anyhow::bail!("socketio serves chat only: use it with chat-fanout");
+    }
+    Ok(kinds)
+}
+
+/// Targets of chat scenarios: Tandem and the Socket.IO peer (`compare` runs both).
+fn chat_targets(c: &Common, compare: bool) -> anyhow::Result<Vec<Kind>> {
+    let list = c.targets.clone().unwrap_or_else(|| {
+        if compare {
+            "tandem,socketio".into()
+        } else {
+            "tandem".into()
+        }
+    });
+    let kinds: Vec<Kind> = list
+        .split(',')
+        .map(|s| Kind::parse(s.trim()))
+        .collect::<anyhow::Result<_>>()?;
+    if let Some(k) = kinds
+        .iter()
+        .find(|k| matches!(k, Kind::Hocuspocus | Kind::YWebsocketServer))
+    {
+        anyhow::bail!(
+            "{} has no chat: chat-fanout runs against tandem and socketio",
+            k.name()
+        );
+    }
+    Ok(kinds)
 }
 
 fn set<T: Copy>(slot: &mut T, v: Option<T>) {
@@ -809,14 +841,7 @@ async fn run_cold(a: ColdArgs, compare: bool) -> anyhow::Result<()> {
 async fn run_chat(a: ChatArgs, compare: bool) -> anyhow::Result<()> {
     let cfg = load_config(&a.common)?;
     let opts = target_opts(&a.common, &cfg);
-    // The y-websocket peers have no chat: compare runs Tandem alone.
-    let kinds: Vec<Kind> = targets(&a.common, compare)?
-        .into_iter()
-        .filter(|k| matches!(k, Kind::Tandem | Kind::External(_)))
-        .collect();
-    if kinds.is_empty() {
-        anyhow::bail!("chat-fanout runs against tandem (or a ws:// Tandem) only");
-    }
+    let kinds = chat_targets(&a.common, compare)?;
     let mut p = cfg.chat_fanout.clone().unwrap_or_default();
     set(&mut p.members, a.members);
     set(&mut p.messages, a.messages);
@@ -841,7 +866,9 @@ async fn run_chat(a: ChatArgs, compare: bool) -> anyhow::Result<()> {
         .add("sender ack p99 ms", true, 1, |o| Some(o.ack.p99_ms))
         .add("deliveries", false, 0, |o| Some(o.deliveries as f64))
         .add("missing deliveries", true, 0, |o| Some(o.missing as f64))
-        .add("duplicate deliveries", true, 0, |o| Some(o.duplicates as f64))
+        .add("duplicate deliveries", true, 0, |o| {
+            Some(o.duplicates as f64)
+        })
         .add("member join p99 ms", true, 1, |o| Some(o.join.p99_ms))
         .add("server CPU %", true, 0, |o| Some(o.server.cpu_pct))
         .add("server RSS max MB", true, 1, |o| Some(o.server.rss_max_mb));
@@ -854,7 +881,7 @@ async fn run_chat(a: ChatArgs, compare: bool) -> anyhow::Result<()> {
         &kinds,
         &opts,
         &r.done(),
-        "\nLatency is measured from each message's intended send time (open loop) to the moment a member's socket delivered the committed `event` frame. The peers (Hocuspocus, y-websocket-server) have no chat and are not run.\n",
+        "\nLatency is measured from each message's intended send time (open loop) to the moment a member's socket delivered the committed `event` frame. The Socket.IO peer relays without storing anything; Tandem commits every message to its store before delivering it. Hocuspocus and y-websocket-server have no chat.\n",
         serde_json::to_value(&outcomes)?,
         &a.common.out,
         None,

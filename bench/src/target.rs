@@ -19,6 +19,8 @@ pub enum Kind {
     Tandem,
     Hocuspocus,
     YWebsocketServer,
+    /// `socket.io` 4.8 chat server (chat-fanout only).
+    SocketIo,
     /// Already running: `ws://IP:PORT/prefix` (y-websocket dialect, document name appended).
     External(String),
 }
@@ -29,9 +31,10 @@ impl Kind {
             "tandem" => Kind::Tandem,
             "hocuspocus" => Kind::Hocuspocus,
             "y-websocket-server" | "y-websocket" => Kind::YWebsocketServer,
+            "socketio" | "socket.io" => Kind::SocketIo,
             s if s.starts_with("ws://") => Kind::External(s.to_string()),
             other => bail!(
-                "unknown target {other:?}: expected tandem, hocuspocus, y-websocket-server or a ws:// URL"
+                "unknown target {other:?}: expected tandem, hocuspocus, y-websocket-server, socketio or a ws:// URL"
             ),
         })
     }
@@ -41,6 +44,7 @@ impl Kind {
             Kind::Tandem => "tandem".into(),
             Kind::Hocuspocus => "hocuspocus".into(),
             Kind::YWebsocketServer => "y-websocket-server".into(),
+            Kind::SocketIo => "socketio".into(),
             Kind::External(u) => u.clone(),
         }
     }
@@ -54,6 +58,7 @@ impl Kind {
             },
             Kind::Hocuspocus => "@hocuspocus/server 4.7, no persistence extension: documents in memory only (its Database extension would store a snapshot after a 2 s debounce)".into(),
             Kind::YWebsocketServer => "@y/websocket-server 0.1.1 without YPERSISTENCE: documents in memory only".into(),
+            Kind::SocketIo => "socket.io 4.8.4 chat server (bench/peers/socketio.mjs), in-memory adapter: messages are never stored, only relayed".into(),
             Kind::External(_) => "external server: unknown".into(),
         }
     }
@@ -153,6 +158,7 @@ fn tandem_bin(opts: &TargetOpts) -> PathBuf {
 pub async fn ensure_peers(dir: &Path) -> anyhow::Result<()> {
     if dir.join("node_modules/@hocuspocus/server").exists()
         && dir.join("node_modules/@y/websocket-server").exists()
+        && dir.join("node_modules/socket.io").exists()
     {
         return Ok(());
     }
@@ -184,7 +190,10 @@ impl Target {
                 _data: None,
             });
         }
-        if matches!(kind, Kind::Hocuspocus | Kind::YWebsocketServer) {
+        if matches!(
+            kind,
+            Kind::Hocuspocus | Kind::YWebsocketServer | Kind::SocketIo
+        ) {
             ensure_peers(&opts.peers_dir).await?;
         }
         let port = free_port()?;
@@ -232,7 +241,9 @@ impl Target {
         match self.kind {
             Kind::Tandem => format!("{}/doc/{doc}", self.base),
             Kind::Hocuspocus => format!("{}/", self.base),
-            Kind::YWebsocketServer | Kind::External(_) => format!("{}/{doc}", self.base),
+            Kind::YWebsocketServer | Kind::SocketIo | Kind::External(_) => {
+                format!("{}/{doc}", self.base)
+            }
         }
     }
 
@@ -320,11 +331,11 @@ async fn launch(
             cmd.args(&opts.tandem_args);
             cmd.env("RUST_LOG", "warn");
         }
-        Kind::Hocuspocus | Kind::YWebsocketServer => {
-            let script = if *kind == Kind::Hocuspocus {
-                "hocuspocus.mjs"
-            } else {
-                "y-websocket-server.mjs"
+        Kind::Hocuspocus | Kind::YWebsocketServer | Kind::SocketIo => {
+            let script = match kind {
+                Kind::Hocuspocus => "hocuspocus.mjs",
+                Kind::SocketIo => "socketio.mjs",
+                _ => "y-websocket-server.mjs",
             };
             cmd.arg("node")
                 .arg(opts.peers_dir.join(script))
@@ -458,7 +469,8 @@ x_count 100
             Kind::parse("y-websocket-server").expect("ok"),
             Kind::YWebsocketServer
         );
-        assert!(Kind::parse("socketio").is_err());
+        assert_eq!(Kind::parse("socketio").expect("ok"), Kind::SocketIo);
+        assert!(Kind::parse("socket-io-please").is_err());
         assert_eq!(
             Kind::parse("ws://127.0.0.1:9/x").expect("ok"),
             Kind::External("ws://127.0.0.1:9/x".into())

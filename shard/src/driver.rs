@@ -559,19 +559,8 @@ impl Driver {
                 }
                 Output::Load { doc } => {
                     self.metrics.documents_loaded.inc();
-                    let store = self.store.clone();
-                    let back = self.self_tx.clone();
-                    let shard = self.id.clone();
-                    tokio::spawn(async move {
-                        let stream = StreamId::Doc(doc.clone());
-                        let result = async {
-                            let epoch = store.acquire(&stream, &shard).await?;
-                            let loaded = store.load(&stream).await?;
-                            Ok((epoch, loaded))
-                        }
-                        .await;
-                        let _ = back.send(Cmd::Loaded { doc, result }).await;
-                    });
+                    let stream = StreamId::Doc(doc.clone());
+                    self.spawn_load(stream, |result| Cmd::Loaded { doc, result });
                 }
                 Output::Append {
                     doc,
@@ -636,6 +625,27 @@ impl Driver {
         }
     }
 
+    /// Takes `stream` over (new epoch) and loads its snapshot and tail off the driver; the result comes
+    /// back as the command `reply` builds.
+    fn spawn_load(
+        &self,
+        stream: StreamId,
+        reply: impl FnOnce(Result<(proto::Epoch, store::Loaded), StoreError>) -> Cmd + Send + 'static,
+    ) {
+        let store = self.store.clone();
+        let back = self.self_tx.clone();
+        let shard = self.id.clone();
+        tokio::spawn(async move {
+            let result = async {
+                let epoch = store.acquire(&stream, &shard).await?;
+                let loaded = store.load(&stream).await?;
+                Ok((epoch, loaded))
+            }
+            .await;
+            let _ = back.send(reply(result)).await;
+        });
+    }
+
     fn room_output(&mut self, out: RoomOutput) {
         match out {
             RoomOutput::Send { conn, msg } => {
@@ -652,19 +662,8 @@ impl Driver {
             }
             RoomOutput::Load { room } => {
                 self.metrics.rooms_loaded.inc();
-                let store = self.store.clone();
-                let back = self.self_tx.clone();
-                let shard = self.id.clone();
-                tokio::spawn(async move {
-                    let stream = StreamId::Room(room.clone());
-                    let result = async {
-                        let epoch = store.acquire(&stream, &shard).await?;
-                        let loaded = store.load(&stream).await?;
-                        Ok((epoch, loaded))
-                    }
-                    .await;
-                    let _ = back.send(Cmd::RoomLoaded { room, result }).await;
-                });
+                let stream = StreamId::Room(room.clone());
+                self.spawn_load(stream, |result| Cmd::RoomLoaded { room, result });
             }
             RoomOutput::Append {
                 room,

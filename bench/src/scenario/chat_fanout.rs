@@ -3,7 +3,9 @@
 //! intended send time until a member has the committed `event` frame (p50…max), the time until the
 //! last member has it, and the sender's ack time; counts missing and duplicate deliveries.
 //!
-//! Only Tandem has chat: the y-websocket peers are not run (a Socket.IO peer is future work).
+//! Targets: Tandem (`/v1`, durable) and the Socket.IO peer (`bench/peers/socketio.mjs`, Engine.IO v4
+//! over WebSocket, spoken here directly: `40` connect, `42["event",…]` events, `42N[…]` / `43N[…]` acks,
+//! `2`/`3` heartbeats). The y-websocket peers have no chat.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,40 +78,135 @@ fn tag_of(frame: &[u8]) -> Option<usize> {
     std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
 }
 
-async fn join(url: &ws::WsUrl, room: &str) -> anyhow::Result<(ws::Reader, ws::Writer)> {
-    let (mut r, w) = ws::connect(url, &url.path, None, Duration::from_secs(30)).await?;
-    ws::send_text(&w, format!(r#"{{"t":"join","id":"j","room":"{room}"}}"#)).await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let msg = tokio::time::timeout_at(deadline, ws::read(&mut r, &w))
-            .await
-            .map_err(|_| anyhow!("no joined reply within 30 s"))?;
-        match msg {
-            ws::Msg::Text(t) if t.starts_with(b"{\"t\":\"joined\"") || is_joined(&t) => {
-                return Ok((r, w))
+/// The chat protocol a target speaks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Chat {
+    /// Tandem's `/v1`.
+    V1,
+    /// Socket.IO 4 (Engine.IO v4) over WebSocket.
+    SocketIo,
+}
+
+impl Chat {
+    fn path(self) -> &'static str {
+        match self {
+            Chat::V1 => "/v1",
+            Chat::SocketIo => "/socket.io/?EIO=4&transport=websocket",
+        }
+    }
+
+    fn send_frame(self, room: &str, i: usize) -> String {
+        match self {
+            Chat::V1 => format!(r#"{{"t":"send","id":"b-{i}","room":"{room}","text":"b:{i}"}}"#),
+            Chat::SocketIo => format!(
+                r#"42{}["send",{{"room":"{room}","id":"b-{i}","text":"b:{i}"}}]"#,
+                i + 1
+            ),
+        }
+    }
+
+    /// The message index a frame acknowledges, if it is an ack.
+    fn ack_of(self, t: &[u8]) -> Option<usize> {
+        match self {
+            Chat::V1 => {
+                let v = serde_json::from_slice::<serde_json::Value>(t).ok()?;
+                (v["t"] == "ack").then_some(())?;
+                v["id"].as_str()?.strip_prefix("b-")?.parse().ok()
             }
-            ws::Msg::Text(t) if t.windows(12).any(|w| w == b"\"t\":\"error\"") => {
-                bail!("join refused: {}", String::from_utf8_lossy(&t))
+            Chat::SocketIo => {
+                let rest = t.strip_prefix(b"43")?;
+                let end = rest.iter().position(|b| !b.is_ascii_digit())?;
+                let n: usize = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
+                n.checked_sub(1)
             }
-            ws::Msg::Closed(code) => bail!("closed while joining ({code:?})"),
-            _ => {}
         }
     }
 }
 
-fn is_joined(t: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(t).is_ok_and(|v| v["t"] == "joined")
+/// Answers Engine.IO pings (`2` → `3`); true when the frame was one.
+async fn heartbeat(chat: Chat, t: &[u8], w: &ws::Writer) -> bool {
+    if chat == Chat::SocketIo && t == b"2" {
+        let _ = ws::send_text(w, "3".into()).await;
+        return true;
+    }
+    false
+}
+
+async fn join(url: &ws::WsUrl, chat: Chat, room: &str) -> anyhow::Result<(ws::Reader, ws::Writer)> {
+    let (mut r, w) = ws::connect(url, chat.path(), None, Duration::from_secs(30)).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let next = async |r: &mut ws::Reader| -> anyhow::Result<Vec<u8>> {
+        loop {
+            let msg = tokio::time::timeout_at(deadline, ws::read(r, &w))
+                .await
+                .map_err(|_| anyhow!("no join reply within 30 s"))?;
+            match msg {
+                ws::Msg::Text(t) if heartbeat(chat, &t, &w).await => {}
+                ws::Msg::Text(t) => return Ok(t),
+                ws::Msg::Closed(code) => bail!("closed while joining ({code:?})"),
+                ws::Msg::Binary(_) => {}
+            }
+        }
+    };
+    match chat {
+        Chat::V1 => {
+            ws::send_text(&w, format!(r#"{{"t":"join","id":"j","room":"{room}"}}"#)).await?;
+            loop {
+                let t = next(&mut r).await?;
+                let v: serde_json::Value = serde_json::from_slice(&t).unwrap_or_default();
+                match v["t"].as_str() {
+                    Some("joined") => return Ok((r, w)),
+                    Some("error") => bail!("join refused: {}", String::from_utf8_lossy(&t)),
+                    _ => {}
+                }
+            }
+        }
+        Chat::SocketIo => {
+            // Engine.IO open, then connect to the default namespace, then join with ack id 0.
+            let open = next(&mut r).await?;
+            if !open.starts_with(b"0") {
+                bail!(
+                    "expected an Engine.IO open packet, got {}",
+                    String::from_utf8_lossy(&open)
+                );
+            }
+            ws::send_text(&w, "40".into()).await?;
+            loop {
+                let t = next(&mut r).await?;
+                if t.starts_with(b"40") {
+                    break;
+                }
+                if t.starts_with(b"44") {
+                    bail!("namespace connect refused: {}", String::from_utf8_lossy(&t));
+                }
+            }
+            ws::send_text(&w, format!(r#"420["join","{room}"]"#)).await?;
+            loop {
+                if next(&mut r).await?.starts_with(b"430") {
+                    return Ok((r, w));
+                }
+            }
+        }
+    }
 }
 
 pub async fn run(target: &Target, p: &Params, label: &str) -> anyhow::Result<Outcome> {
-    if !matches!(target.kind, Kind::Tandem | Kind::External(_)) {
-        bail!("chat-fanout needs Tandem's /v1 protocol; {} has no chat", target.kind.name());
-    }
+    let chat = match target.kind {
+        Kind::Tandem | Kind::External(_) => Chat::V1,
+        Kind::SocketIo => Chat::SocketIo,
+        _ => bail!(
+            "{} has no chat: chat-fanout runs against tandem or socketio",
+            target.kind.name()
+        ),
+    };
     if p.members == 0 || p.messages == 0 || p.rate <= 0.0 {
         bail!("chat-fanout needs members, messages and rate above zero");
     }
-    let url = ws::WsUrl::parse(&format!("{}/v1", target.base)).context("target URL")?;
-    let room = format!("fanout-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    let url = ws::WsUrl::parse(&format!("{}/", target.base)).context("target URL")?;
+    let room = format!(
+        "fanout-{}",
+        &uuid::Uuid::now_v7().simple().to_string()[20..]
+    );
     let sampler = target.pid.map(Sampler::start);
     let total = Duration::from_secs_f64(p.messages as f64 / p.rate + p.grace + 10.0);
     let progress = crate::scenario::Progress::new(label, total);
@@ -123,7 +220,7 @@ pub async fn run(target: &Target, p: &Params, label: &str) -> anyhow::Result<Out
         joins.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await?;
             let t = Instant::now();
-            let rw = join(&url, &room).await?;
+            let rw = join(&url, chat, &room).await?;
             anyhow::Ok((rw, t.elapsed()))
         }));
     }
@@ -141,9 +238,12 @@ pub async fn run(target: &Target, p: &Params, label: &str) -> anyhow::Result<Out
         }
     }
     if members.is_empty() {
-        bail!("no member could join: {}", errors.first().cloned().unwrap_or_default());
+        bail!(
+            "no member could join: {}",
+            errors.first().cloned().unwrap_or_default()
+        );
     }
-    let (mut sr, sw) = join(&url, &room).await.context("sender join")?;
+    let (mut sr, sw) = join(&url, chat, &room).await.context("sender join")?;
     // Let the join burst's presence and user.joined traffic settle before timing anything.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -167,6 +267,7 @@ pub async fn run(target: &Target, p: &Params, label: &str) -> anyhow::Result<Out
                     break;
                 };
                 match msg {
+                    ws::Msg::Text(t) if heartbeat(chat, &t, &w).await => {}
                     ws::Msg::Text(t) => {
                         if let Some(i) = tag_of(&t).filter(|i| *i < n) {
                             if seen.at[i].is_some() {
@@ -196,20 +297,11 @@ pub async fn run(target: &Target, p: &Params, label: &str) -> anyhow::Result<Out
                     break;
                 };
                 match msg {
+                    ws::Msg::Text(t) if heartbeat(chat, &t, &w).await => {}
                     ws::Msg::Text(t) => {
-                        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&t) else {
-                            continue;
-                        };
-                        if v["t"] == "ack" {
-                            if let Some(i) = v["id"]
-                                .as_str()
-                                .and_then(|s| s.strip_prefix("b-"))
-                                .and_then(|s| s.parse::<usize>().ok())
-                                .filter(|i| *i < n && at[*i].is_none())
-                            {
-                                at[i] = Some(start.elapsed());
-                                got += 1;
-                            }
+                        if let Some(i) = chat.ack_of(&t).filter(|i| *i < n && at[*i].is_none()) {
+                            at[i] = Some(start.elapsed());
+                            got += 1;
                         }
                     }
                     ws::Msg::Closed(_) => break,
@@ -223,8 +315,7 @@ pub async fn run(target: &Target, p: &Params, label: &str) -> anyhow::Result<Out
     for i in 0..n {
         let due = schedule.intended(i as u64);
         tokio::time::sleep_until(tokio::time::Instant::from_std(start + due)).await;
-        let frame = format!(r#"{{"t":"send","id":"b-{i}","room":"{room}","text":"b:{i}"}}"#);
-        if let Err(e) = ws::send_text(&sw, frame).await {
+        if let Err(e) = ws::send_text(&sw, chat.send_frame(&room, i)).await {
             errors.push(format!("sender: {e:#}"));
             break;
         }
@@ -295,13 +386,34 @@ pub async fn run(target: &Target, p: &Params, label: &str) -> anyhow::Result<Out
 
 #[cfg(test)]
 mod tests {
-    use super::tag_of;
+    use super::{tag_of, Chat};
 
     #[test]
     fn finds_the_tag_in_an_event_frame() {
         let f = br#"{"t":"event","room":"r","event":{"seq":9,"type":"chat.message.sent","payload":{"client_msg_id":"b-17","text":"b:17"}}}"#;
         assert_eq!(tag_of(f), Some(17));
+        let sio = br#"42["event",{"room":"r","seq":3,"id":"b-2","text":"b:2"}]"#;
+        assert_eq!(tag_of(sio), Some(2));
         assert_eq!(tag_of(br#"{"t":"presence","room":"r"}"#), None);
         assert_eq!(tag_of(br#"{"text":"b:"}"#), None);
+    }
+
+    #[test]
+    fn acks_map_back_to_message_indexes() {
+        assert_eq!(
+            Chat::V1.ack_of(br#"{"t":"ack","id":"b-4","seq":9}"#),
+            Some(4)
+        );
+        assert_eq!(Chat::V1.ack_of(br#"{"t":"event","id":"b-4"}"#), None);
+        assert_eq!(Chat::SocketIo.ack_of(br#"435[{"seq":9}]"#), Some(4));
+        assert_eq!(
+            Chat::SocketIo.ack_of(br#"430[{"ok":true}]"#),
+            None,
+            "the join's ack"
+        );
+        assert_eq!(Chat::SocketIo.ack_of(br#"42["event",{}]"#), None);
+        assert!(Chat::SocketIo
+            .send_frame("r", 4)
+            .starts_with("425[\"send\""));
     }
 }
