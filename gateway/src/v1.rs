@@ -29,6 +29,9 @@ pub const VERSION: u32 = 1;
 /// Longest request id accepted (bytes).
 const MAX_REQUEST_ID: usize = 128;
 
+/// `history` reads one socket may have in flight (each is a store read).
+const MAX_HISTORY_IN_FLIGHT: usize = 4;
+
 /// What a socket has open, shared with the teardown path (which may run after the reader is aborted).
 #[derive(Default)]
 struct Registry {
@@ -64,6 +67,7 @@ pub(crate) async fn run(gw: Arc<Gateway>, identity: Identity, ws: WebSocket<Io>)
         conn,
         sink,
         registry: registry.clone(),
+        history_slots: Arc::new(tokio::sync::Semaphore::new(MAX_HISTORY_IN_FLIGHT)),
     };
     let reader_task = tokio::spawn(conn::read_loop(
         gw.clone(),
@@ -127,6 +131,7 @@ struct V1Inbound {
     conn: ConnId,
     sink: ConnSink,
     registry: Arc<Mutex<Registry>>,
+    history_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Inbound for V1Inbound {
@@ -409,6 +414,18 @@ impl V1Inbound {
             .shard_for_room(&room)
             .ok_or_else(|| refuse("unavailable", "no shard for this room"))?
             .clone();
+        let permit = self
+            .history_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                refuse(
+                    "limit",
+                    format!(
+                        "at most {MAX_HISTORY_IN_FLIGHT} history requests in flight per socket"
+                    ),
+                )
+            })?;
         let cmd = RoomCmd {
             conn: self.conn,
             user: self.identity.user.clone(),
@@ -419,6 +436,7 @@ impl V1Inbound {
                 before,
                 after,
                 limit,
+                permit: Some(permit),
             },
             sink: self.sink.clone(),
         };

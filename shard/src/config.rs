@@ -71,6 +71,8 @@ pub struct RoomConfig {
     pub presence_grace: Duration,
     /// Most events one `history` request returns.
     pub max_history_page: usize,
+    /// Events of one room waiting for the store; beyond it sends are refused (`limit`).
+    pub max_inflight: usize,
 }
 
 impl Default for RoomConfig {
@@ -84,6 +86,7 @@ impl Default for RoomConfig {
             typing_timeout: Duration::from_secs(5),
             presence_grace: Duration::from_secs(10),
             max_history_page: 100,
+            max_inflight: 4096,
         }
     }
 }

@@ -227,6 +227,8 @@ pub enum RoomCall {
         after: Option<Seq>,
         /// At most this many (capped by `max_history_page`).
         limit: usize,
+        /// Held until the reply is queued (the gateway bounds history reads in flight per socket).
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
     },
 }
 
@@ -500,7 +502,8 @@ impl Driver {
                         before,
                         after,
                         limit,
-                    } => self.history(sink, room, rid, before, after, limit),
+                        permit,
+                    } => self.history(sink, room, rid, (before, after, limit), permit),
                 }
             }
             Cmd::RoomClose { conn } => {
@@ -713,9 +716,8 @@ impl Driver {
         sink: ConnSink,
         room: RoomId,
         rid: Option<String>,
-        before: Option<Seq>,
-        after: Option<Seq>,
-        limit: usize,
+        (before, after, limit): (Option<Seq>, Option<Seq>, usize),
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
     ) {
         let limit = limit.clamp(1, self.max_history_page);
         // The newest page: up to the room's last seq when the room is loaded here.
@@ -755,6 +757,7 @@ impl Driver {
             if !sink.try_send_text(serde_json::to_vec(&v).unwrap_or_default().into()) {
                 sink.kill(1008);
             }
+            drop(permit);
         });
     }
 
@@ -811,30 +814,15 @@ impl Driver {
     }
 }
 
-/// The newest `limit` events of a stream, oldest first.
+/// The newest `limit` events of a room, oldest first (snapshot window + tail: bounded by the snapshot
+/// cadence, not by the room's history).
 async fn newest(
     store: &dyn EventLog,
     stream: &StreamId,
     limit: usize,
 ) -> Result<Vec<proto::Event>, StoreError> {
-    // The log has no "last seq" query: find the end by reading forward in pages, keeping the last
-    // `limit` events seen. Rooms are read this way only when a client asks for the newest page.
-    let mut keep: std::collections::VecDeque<proto::Event> = std::collections::VecDeque::new();
-    let mut after = Seq(0);
-    loop {
-        let page = store.read(stream, after, 1000).await?;
-        let Some(last) = page.last() else { break };
-        after = last.seq;
-        let full = page.len() == 1000;
-        keep.extend(page);
-        while keep.len() > limit {
-            keep.pop_front();
-        }
-        if !full {
-            break;
-        }
-    }
-    Ok(keep.into())
+    let loaded = store.load(stream).await?;
+    crate::room::newest_events(&loaded, limit)
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

@@ -234,6 +234,8 @@ struct RoomState {
     inflight: VecDeque<Pending>,
     /// Users whose last joined/left event (accepted, maybe in flight) is `user.joined`.
     present: BTreeSet<UserId>,
+    /// The same over committed events only (what a snapshot at `applied` records).
+    committed_present: BTreeSet<UserId>,
     /// After a load: users the log says are present, and when they count as gone if they do not
     /// come back (the previous owner died without writing their `user.left`).
     ghosts: BTreeMap<UserId, Instant>,
@@ -241,6 +243,7 @@ struct RoomState {
     typing_sent: Vec<UserId>,
     typing_next: Option<Instant>,
     flush_at: Option<Instant>,
+    last_flush: Option<Instant>,
     since_snapshot: u64,
     idle_since: Option<Instant>,
     clock: u64,
@@ -260,11 +263,13 @@ impl RoomState {
             next: Seq(1),
             inflight: VecDeque::new(),
             present: BTreeSet::new(),
+            committed_present: BTreeSet::new(),
             ghosts: BTreeMap::new(),
             presence_dirty: BTreeSet::new(),
             typing_sent: Vec::new(),
             typing_next: None,
             flush_at: None,
+            last_flush: None,
             since_snapshot: 0,
             idle_since: None,
             clock: 0,
@@ -468,6 +473,25 @@ impl RoomCore {
         rid: Option<String>,
         req: RoomRequest,
     ) {
+        self.request(now, conn, user, access, room, rid, req);
+        // A refused join (or any request from a connection in no room here) leaves nothing that
+        // needs the socket's sink: let the driver drop it, after the reply.
+        if !self.conns.contains_key(&conn) {
+            self.out.push_back(RoomOutput::Detached { conn });
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn request(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        user: UserId,
+        access: RoomAccess,
+        room: RoomId,
+        rid: Option<String>,
+        req: RoomRequest,
+    ) {
         if self.shutting_down {
             self.reply_error(conn, &room, rid.as_deref(), &RoomError::ShuttingDown);
             return;
@@ -532,11 +556,12 @@ impl RoomCore {
                 if !r.members.contains_key(&conn) {
                     return Err(RoomError::UnknownRoom);
                 }
-                self.leave(now, conn, room);
+                // The reply first: leaving the last room of this shard detaches the socket's sink.
                 self.send(
                     conn,
                     &serde_json::json!({ "t": "left", "id": rid, "room": room }),
                 );
+                self.leave(now, conn, room);
                 Ok(())
             }
             RoomRequest::Send { text } => {
@@ -549,6 +574,7 @@ impl RoomCore {
                 if self.dedupe(conn, &user, room, rid) {
                     return Ok(());
                 }
+                self.check_inflight(room)?;
                 if let Some(m) = self
                     .rooms
                     .get_mut(room)
@@ -568,10 +594,11 @@ impl RoomCore {
             RoomRequest::Edit { target, text } => {
                 let rid = rid.ok_or(RoomError::BadRequest("an edit needs an id"))?;
                 self.check_text(&text)?;
-                self.check_target(room, conn, &user, target)?;
                 if self.dedupe(conn, &user, room, rid) {
                     return Ok(());
                 }
+                self.check_target(room, conn, &user, target)?;
+                self.check_inflight(room)?;
                 let payload = EventPayload::ChatMessageEdited(ChatMessageEditedV1 {
                     client_msg_id: rid.to_owned(),
                     target,
@@ -586,6 +613,7 @@ impl RoomCore {
                     return Ok(());
                 }
                 self.check_target(room, conn, &user, target)?;
+                self.check_inflight(room)?;
                 let payload = EventPayload::ChatMessageDeleted(ChatMessageDeletedV1 {
                     client_msg_id: rid.to_owned(),
                     target,
@@ -642,6 +670,17 @@ impl RoomCore {
             .get(room)
             .and_then(|r| r.members.get(&conn))
             .ok_or(RoomError::UnknownRoom)
+    }
+
+    /// Bounds the events of one room waiting for the store (a stalled store must not grow memory).
+    fn check_inflight(&self, room: &RoomId) -> Result<(), RoomError> {
+        let r = self.rooms.get(room).ok_or(RoomError::UnknownRoom)?;
+        if r.inflight.len() >= self.cfg.max_inflight {
+            return Err(RoomError::Limit(
+                "messages waiting for the store in this room",
+            ));
+        }
+        Ok(())
     }
 
     fn check_text(&self, text: &str) -> Result<(), RoomError> {
@@ -950,6 +989,7 @@ impl RoomCore {
         r.since_snapshot = loaded.tail.len() as u64;
         let grace = now + self.cfg.presence_grace;
         r.ghosts = present.iter().map(|u| (u.clone(), grace)).collect();
+        r.committed_present = present.clone();
         r.present = present;
         let queued = match std::mem::replace(&mut r.phase, Phase::Ready { epoch }) {
             Phase::Loading { queued } => queued,
@@ -1005,6 +1045,15 @@ impl RoomCore {
         let _ = p.actor;
         r.applied = seq;
         r.since_snapshot += 1;
+        match &event.payload {
+            EventPayload::UserJoined(p) => {
+                r.committed_present.insert(p.user.clone());
+            }
+            EventPayload::UserLeft(p) => {
+                r.committed_present.remove(&p.user);
+            }
+            _ => {}
+        }
         let json: Arc<str> = serde_json::to_string(&event).unwrap_or_default().into();
         let frame: Arc<[u8]> = format!(r#"{{"t":"event","room":"{room}","event":{json}}}"#)
             .into_bytes()
@@ -1033,15 +1082,11 @@ impl RoomCore {
         if r.since_snapshot == 0 {
             return;
         }
-        // `present` may include users whose joined/left is still in flight; the snapshot must fold
-        // exactly the committed events, so it is taken only when nothing is in flight.
-        if !r.inflight.is_empty() {
-            return;
-        }
+        // Exactly the committed events (window and presence), whatever is still in flight.
         let snap = RoomSnapshot {
             v: 1,
             window: r.window.iter().map(|c| c.event.clone()).collect(),
-            present: r.present.iter().cloned().collect(),
+            present: r.committed_present.iter().cloned().collect(),
         };
         let state = serde_json::to_vec(&snap).unwrap_or_default();
         r.since_snapshot = 0;
@@ -1083,7 +1128,18 @@ impl RoomCore {
             }
         }
         let queued: Vec<ConnId> = match &r.phase {
-            Phase::Loading { queued } => queued.iter().map(|q| q.conn).collect(),
+            Phase::Loading { queued } => {
+                // Every queued request with an id gets its one reply.
+                for q in queued {
+                    if let Some(rid) = &q.rid {
+                        let e = serde_json::json!({
+                            "t": "error", "id": rid, "room": room, "code": why.code(), "message": why.to_string()
+                        });
+                        self.send(q.conn, &e);
+                    }
+                }
+                queued.iter().map(|q| q.conn).collect()
+            }
             Phase::Ready { .. } => Vec::new(),
         };
         for conn in r.members.keys().copied().chain(queued) {
@@ -1115,10 +1171,13 @@ impl RoomCore {
                     .filter_map(|m| m.typing_until)
                     .filter(|t| *t > now)
                     .min();
-                r.flush_at.get_or_insert(now);
+                // Within the budget: not sooner than one interval after the last broadcast.
+                let earliest = r.last_flush.map_or(now, |t| (t + flush).max(now));
+                r.flush_at.get_or_insert(earliest);
             }
             if r.flush_at.is_some_and(|t| now >= t) {
                 r.flush_at = None;
+                r.last_flush = Some(now);
                 let dirty = std::mem::take(&mut r.presence_dirty);
                 let mut set = Vec::new();
                 let mut left = Vec::new();
@@ -1144,8 +1203,6 @@ impl RoomCore {
                     ));
                     r.typing_sent = typists;
                 }
-                // While anything changes, broadcasts stay at most one per interval.
-                let _ = flush;
             }
             let due: Vec<UserId> = r
                 .ghosts
@@ -1202,6 +1259,22 @@ impl RoomCore {
             }
         }
     }
+}
+
+/// The newest `limit` events of a room's stream from its snapshot (which holds the window) and tail,
+/// oldest first: the newest history page without reading the whole stream.
+pub fn newest_events(loaded: &Loaded, limit: usize) -> Result<Vec<Event>, StoreError> {
+    let mut events: Vec<Event> = match &loaded.snapshot {
+        Some(s) => {
+            serde_json::from_slice::<RoomSnapshot>(&s.state)
+                .map_err(|e| StoreError::Corrupt(format!("room snapshot: {e}")))?
+                .window
+        }
+        None => Vec::new(),
+    };
+    events.extend(loaded.tail.iter().cloned());
+    let skip = events.len().saturating_sub(limit);
+    Ok(events.split_off(skip))
 }
 
 /// The rendered events after `p`, when `p` names an event in the window (same seq and epoch), or the

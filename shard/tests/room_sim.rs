@@ -694,3 +694,150 @@ fn bad_requests_change_nothing() {
         .collect();
     assert_eq!(after, vec!["user.joined"], "only rita's join was appended");
 }
+
+#[test]
+fn leaving_the_last_room_replies_before_detaching_the_socket() {
+    let mut core = RoomCore::new(cfg(), Duration::from_secs(30), 500);
+    let now = Instant::now();
+    let r = room("r");
+    core.handle_request(
+        now,
+        ConnId(1),
+        user("ada"),
+        RoomAccess::Write,
+        r.clone(),
+        Some("j".into()),
+        RoomRequest::Join {
+            since: None,
+            state: None,
+        },
+    );
+    while let Some(o) = core.poll_output() {
+        if let RoomOutput::Load { room } = o {
+            core.handle_loaded(now, &room, Ok((Epoch(1), Loaded::default())));
+        }
+    }
+    core.handle_request(
+        now,
+        ConnId(1),
+        user("ada"),
+        RoomAccess::Write,
+        r,
+        Some("l".into()),
+        RoomRequest::Leave,
+    );
+    let outs: Vec<RoomOutput> = std::iter::from_fn(|| core.poll_output()).collect();
+    let left = outs.iter().position(|o| {
+        matches!(o, RoomOutput::Send { msg, .. }
+        if serde_json::from_slice::<Value>(msg).is_ok_and(|v| v["t"] == "left"))
+    });
+    let detached = outs
+        .iter()
+        .position(|o| matches!(o, RoomOutput::Detached { conn: ConnId(1) }));
+    assert!(left.is_some() && detached.is_some(), "{outs:?}");
+    assert!(
+        left < detached,
+        "the reply must go out while the sink is still there"
+    );
+}
+
+#[test]
+fn requests_queued_behind_a_failed_load_each_get_an_error() {
+    let mut core = RoomCore::new(cfg(), Duration::from_secs(30), 500);
+    let now = Instant::now();
+    let r = room("r");
+    core.handle_request(
+        now,
+        ConnId(1),
+        user("ada"),
+        RoomAccess::Write,
+        r.clone(),
+        Some("j1".into()),
+        RoomRequest::Join {
+            since: None,
+            state: None,
+        },
+    );
+    core.handle_request(
+        now,
+        ConnId(1),
+        user("ada"),
+        RoomAccess::Write,
+        r.clone(),
+        Some("m1".into()),
+        RoomRequest::Send { text: "hi".into() },
+    );
+    core.handle_request(
+        now,
+        ConnId(2),
+        user("bob"),
+        RoomAccess::Write,
+        r.clone(),
+        Some("j2".into()),
+        RoomRequest::Join {
+            since: None,
+            state: None,
+        },
+    );
+    while core.poll_output().is_some() {}
+    core.handle_loaded(now, &r, Err(StoreError::Unavailable("down".into())));
+    let mut errors: Vec<(u64, String)> = Vec::new();
+    let mut detached = Vec::new();
+    while let Some(o) = core.poll_output() {
+        match o {
+            RoomOutput::Send { conn, msg } => {
+                let v: Value = serde_json::from_slice(&msg).expect("json");
+                if v["t"] == "error" {
+                    assert_eq!(v["code"], "unavailable");
+                    errors.push((conn.0, v["id"].as_str().unwrap_or("").to_owned()));
+                }
+            }
+            RoomOutput::Detached { conn } => detached.push(conn.0),
+            _ => {}
+        }
+    }
+    errors.sort();
+    assert_eq!(
+        errors,
+        vec![(1, "j1".into()), (1, "m1".into()), (2, "j2".into())]
+    );
+    detached.sort();
+    assert_eq!(detached, vec![1, 2]);
+    assert_eq!(core.loaded_rooms(), 0);
+}
+
+#[test]
+fn a_snapshot_taken_with_events_in_flight_holds_only_committed_ones() {
+    let mut h = Harness::new(cfg());
+    h.core = RoomCore::new(cfg(), Duration::from_secs(30), 2);
+    h.join(1, "ada", "r");
+    h.auto_commit = false;
+    h.join(2, "bob", "r"); // bob's user.joined stays in flight
+    h.send(1, "ada", "r", "m1", "one");
+    // Commit only the first held append (bob's join), keep ada's message in flight.
+    let first = h.pending.remove(0);
+    let rest = std::mem::take(&mut h.pending);
+    h.pending.push(first);
+    h.commit_all();
+    h.pending = rest;
+    h.step();
+    h.commit_all();
+    h.step();
+    let snap = h.logs[&room("r")]
+        .snapshot
+        .clone()
+        .expect("a snapshot at seq 3");
+    let v: Value = serde_json::from_slice(&snap.state).expect("json");
+    let seqs: Vec<u64> = v["window"]
+        .as_array()
+        .expect("window")
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=snap.seq.0).collect::<Vec<_>>(),
+        "exactly the events up to the snapshot's seq"
+    );
+    assert_eq!(v["present"], serde_json::json!(["ada", "bob"]));
+}

@@ -181,14 +181,24 @@ export class TandemClient extends Emitter {
 
   private async connect (): Promise<void> {
     if (this.closedByUser || this.offline) return
-    const WS = this.opts.WebSocket ?? (globalThis as any).WebSocket
-    if (WS === undefined) throw new Error('no WebSocket implementation: pass options.WebSocket')
-    let url = this.opts.url
-    const token = typeof this.opts.token === 'function' ? await this.opts.token() : this.opts.token
-    if (token !== undefined && token !== '') {
-      url += (url.includes('?') ? '&' : '?') + 'token=' + encodeURIComponent(token)
+    let ws: any
+    try {
+      const WS = this.opts.WebSocket ?? (globalThis as any).WebSocket
+      if (WS === undefined) throw new Error('no WebSocket implementation: pass options.WebSocket')
+      let url = this.opts.url
+      const token = typeof this.opts.token === 'function' ? await this.opts.token() : this.opts.token
+      // close() or goOffline() while the token was being fetched: stay down.
+      if (this.closedByUser || this.offline) return
+      if (token !== undefined && token !== '') {
+        url += (url.includes('?') ? '&' : '?') + 'token=' + encodeURIComponent(token)
+      }
+      ws = new WS(url)
+    } catch (e) {
+      // A token provider that failed, or a URL the WebSocket refused: report it and retry later.
+      this.emit('error', e)
+      this.scheduleReconnect()
+      return
     }
-    const ws = new WS(url)
     ws.binaryType = 'arraybuffer'
     this.ws = ws
     ws.onmessage = (ev: any) => {
@@ -226,6 +236,11 @@ export class TandemClient extends Emitter {
       }
       return
     }
+    this.scheduleReconnect()
+  }
+
+  private scheduleReconnect (): void {
+    if (this.closedByUser || this.offline || !this.opts.reconnect || this.reconnectTimer !== null) return
     const delay = Math.min(this.opts.maxReconnectMs, this.opts.minReconnectMs * 2 ** Math.min(this.attempts, 10))
     this.attempts += 1
     this.reconnectTimer = setTimeout(() => {
@@ -248,8 +263,9 @@ export class TandemClient extends Emitter {
       this.attempts = 0
       // Rooms first (rejoin with resume), then unacknowledged requests, then documents.
       for (const r of this.rooms.values()) r._reconnected()
+      // Sends to rooms being rejoined go out after their `joined` reply (_resendFor).
       for (const p of this.pending.values()) {
-        if (p.retry) this.transmit(p)
+        if (p.retry && this.rooms.get(p.frame.room)?.isJoined !== true) this.transmit(p)
       }
       for (const d of this.docs.values()) d._reconnected()
       this.emit('open')
@@ -260,8 +276,14 @@ export class TandemClient extends Emitter {
     }
     if (typeof m.id === 'string' && this.pending.has(m.id)) {
       const p = this.pending.get(m.id)!
-      this.pending.delete(m.id)
       if (p.timer !== undefined) clearTimeout(p.timer)
+      p.timer = undefined
+      if (m.t === 'error' && p.retry && (m.code === 'unavailable' || m.code === 'shutting_down')) {
+        // The outcome is unknown (the store may have committed it): keep it and re-send it with the
+        // same id after the room is joined again; the server acknowledges it exactly once.
+        return
+      }
+      this.pending.delete(m.id)
       if (m.t === 'error') p.reject(new TandemError(m.code, m.message))
       else p.resolve(m)
       // A joined or doc.opened reply also carries state: it is handled below.
@@ -306,8 +328,9 @@ export class TandemClient extends Emitter {
       const id = p.frame.id
       if (this.pending.get(id) !== p) return
       if (p.retry) {
-        // Resent on the next connection; keep waiting.
+        // Idempotent: send it again (same id) while connected, else on the next connection.
         p.timer = undefined
+        if (this.connected) this.transmit(p)
         return
       }
       this.pending.delete(id)
@@ -358,6 +381,13 @@ export class TandemClient extends Emitter {
     const d = new DocProvider(this, id, ydoc, opts.awareness ?? new awarenessProtocol.Awareness(ydoc), opts.awareness === undefined)
     this.docs.set(id, d)
     return d
+  }
+
+  /** @internal after a room was (re)joined: re-send its unacknowledged sends, edits, deletions */
+  _resendFor (room: string): void {
+    for (const p of this.pending.values()) {
+      if (p.retry && p.frame.room === room) this.transmit(p)
+    }
   }
 
   /** @internal */
@@ -436,6 +466,11 @@ export class Room extends Emitter {
     super()
   }
 
+  /** Whether the application joined this room (and has not left it). */
+  get isJoined (): boolean {
+    return this.joined
+  }
+
   /** Joins (and, after reconnects, rejoins) the room; `state` is this connection's presence. */
   join (opts: { state?: unknown } = {}): Promise<JoinResult> {
     if (opts.state !== undefined) this.state = opts.state
@@ -462,8 +497,9 @@ export class Room extends Emitter {
     this.joined = false
     this.presence.clear()
     this.typists = []
-    await this.client.request({ t: 'leave', room: this.id })
     this.client._forgetRoom(this.id)
+    // Offline, there is nothing to leave: the server dropped the membership with the socket.
+    if (this.client.isConnected) await this.client.request({ t: 'leave', room: this.id })
   }
 
   /**
@@ -530,6 +566,7 @@ export class Room extends Emitter {
         this.typists = m.typing ?? []
         this.emit('presence', this.presence)
         this.emit('typing', this.typists)
+        this.client._resendFor(this.id)
         return
       }
       case 'event':
@@ -562,7 +599,8 @@ export class Room extends Emitter {
 
   /** @internal */
   _reconnected (): void {
-    if (this.joined) void this.sendJoin().catch(() => {})
+    // A join made while offline is already queued for this connection.
+    if (this.joined && this.joining === null) void this.sendJoin().catch(() => {})
   }
 }
 

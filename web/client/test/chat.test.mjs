@@ -112,6 +112,11 @@ describe('chat, presence and typing with @tandem/client', () => {
     assert.equal(copies.length, 1, 'the log holds the retried message once')
     // Every tab saw the same chat order.
     assert.deepEqual(logs[0].texts(), logs[1].texts())
+
+    // Leaving (ada's second tab, in no other room): the reply comes, ada stays present via tab 1.
+    await rooms[1].leave()
+    await sleep(200)
+    assert.equal(rooms[2].presence.get('ada')?.connections, 1)
   })
 
   it('a message edit and deletion are events; only the author may change a message', async () => {
