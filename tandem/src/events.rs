@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use proto::{DocId, Event, EventPayload, Seq, StreamId};
+use proto::{DocId, Event, EventPayload, RoomId, Seq, StreamId};
 use store::postgres::PgLog;
 use store::sqlite::SqliteLog;
 use store::EventLog;
@@ -58,9 +58,12 @@ pub enum EventsCmd {
     Show {
         #[command(flatten)]
         source: Source,
-        /// The document.
+        /// The document (or --room).
+        #[arg(long, required_unless_present = "room", conflicts_with = "room")]
+        doc: Option<String>,
+        /// The chat room (chat messages, edits, deletions, joins and leaves).
         #[arg(long)]
-        doc: String,
+        room: Option<String>,
         /// Only events after this seq.
         #[arg(long, default_value_t = 0)]
         since: u64,
@@ -76,20 +79,27 @@ pub enum EventsCmd {
         /// Redis URL of the bus to follow.
         #[arg(long, env = "TANDEM_REDIS_URL", hide_env_values = true)]
         redis_url: Option<String>,
-        /// The document.
+        /// The document (or --room).
+        #[arg(long, required_unless_present = "room", conflicts_with = "room")]
+        doc: Option<String>,
+        /// The chat room.
         #[arg(long)]
-        doc: String,
+        room: Option<String>,
         /// Poll interval in milliseconds.
         #[arg(long, default_value_t = 250)]
         interval_ms: u64,
     },
-    /// Prints the document as it was at a point of its history, as JSON of its root types.
+    /// Prints the document as it was at a point of its history, as JSON of its root types; or, with
+    /// --room, the room's chat as it was (messages with their edits and deletions applied, who was in).
     Replay {
         #[command(flatten)]
         source: Source,
-        /// The document.
+        /// The document (or --room).
+        #[arg(long, required_unless_present = "room", conflicts_with = "room")]
+        doc: Option<String>,
+        /// The chat room.
         #[arg(long)]
-        doc: String,
+        room: Option<String>,
         /// Last seq to include, or an RFC 3339 time (events at or before it); default: everything.
         #[arg(long)]
         until: Option<String>,
@@ -106,6 +116,57 @@ pub enum EventsCmd {
 
 fn stream_of(doc: &str) -> anyhow::Result<StreamId> {
     Ok(StreamId::Doc(DocId::parse(doc).context("--doc")?))
+}
+
+/// The stream of `--doc` or `--room` (clap makes exactly one of them present).
+fn stream_of_either(doc: Option<&str>, room: Option<&str>) -> anyhow::Result<StreamId> {
+    match (doc, room) {
+        (Some(d), _) => stream_of(d),
+        (None, Some(r)) => Ok(StreamId::Room(RoomId::parse(r).context("--room")?)),
+        (None, None) => bail!("give --doc or --room"),
+    }
+}
+
+/// A room's chat as of the last of `events`: messages in order with edits and deletions applied, and
+/// the users present.
+pub fn room_transcript(events: &[Event]) -> serde_json::Value {
+    let mut messages: Vec<serde_json::Value> = Vec::new();
+    let mut index: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+    let mut present: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    for e in events {
+        match &e.payload {
+            EventPayload::ChatMessageSent(p) => {
+                index.insert(e.seq.0, messages.len());
+                messages.push(serde_json::json!({
+                    "seq": e.seq, "actor": e.actor, "time": rfc3339(e.ts), "text": p.text,
+                }));
+            }
+            EventPayload::ChatMessageEdited(p) => {
+                if let Some(m) = index.get(&p.target.0).and_then(|&i| messages.get_mut(i)) {
+                    m["text"] = p.text.clone().into();
+                    m["edited"] = rfc3339(e.ts).into();
+                }
+            }
+            EventPayload::ChatMessageDeleted(p) => {
+                if let Some(m) = index.get(&p.target.0).and_then(|&i| messages.get_mut(i)) {
+                    m["text"] = serde_json::Value::Null;
+                    m["deleted"] = rfc3339(e.ts).into();
+                }
+            }
+            EventPayload::UserJoined(p) => {
+                present.insert(p.user.to_string());
+            }
+            EventPayload::UserLeft(p) => {
+                present.remove(p.user.as_str());
+            }
+            _ => {}
+        }
+    }
+    serde_json::json!({
+        "seq": events.last().map_or(0, |e| e.seq.0),
+        "present": present,
+        "messages": messages,
+    })
 }
 
 async fn read_all(log: &dyn EventLog, stream: &StreamId, after: Seq) -> anyhow::Result<Vec<Event>> {
@@ -232,11 +293,13 @@ pub async fn run(cmd: EventsCmd) -> anyhow::Result<()> {
         EventsCmd::Show {
             source,
             doc,
+            room,
             since,
             json,
         } => {
             let log = source.open().await?;
-            let events = read_all(log.as_ref(), &stream_of(&doc)?, Seq(since)).await?;
+            let stream = stream_of_either(doc.as_deref(), room.as_deref())?;
+            let events = read_all(log.as_ref(), &stream, Seq(since)).await?;
             if !json {
                 println!(
                     "{:>8}  {:>5}  {:<20} {:<24} {:<24}  size",
@@ -254,12 +317,13 @@ pub async fn run(cmd: EventsCmd) -> anyhow::Result<()> {
         EventsCmd::Tail {
             source,
             doc,
+            room,
             redis_url: Some(url),
             ..
         } => {
             // History from the record, then live entries from the bus after the last seq shown.
             let log = source.open().await?;
-            let stream = stream_of(&doc)?;
+            let stream = stream_of_either(doc.as_deref(), room.as_deref())?;
             let mut cursor = Seq(0);
             for e in read_all(log.as_ref(), &stream, cursor).await? {
                 println!("{}", line(&e));
@@ -297,11 +361,12 @@ pub async fn run(cmd: EventsCmd) -> anyhow::Result<()> {
         EventsCmd::Tail {
             source,
             doc,
+            room,
             interval_ms,
             redis_url: None,
         } => {
             let log = source.open().await?;
-            let stream = stream_of(&doc)?;
+            let stream = stream_of_either(doc.as_deref(), room.as_deref())?;
             let mut cursor = Seq(0);
             loop {
                 for e in read_all(log.as_ref(), &stream, cursor).await? {
@@ -314,7 +379,29 @@ pub async fn run(cmd: EventsCmd) -> anyhow::Result<()> {
                 }
             }
         }
-        EventsCmd::Replay { source, doc, until } => {
+        EventsCmd::Replay {
+            source,
+            doc: None,
+            room: Some(room),
+            until,
+        } => {
+            let log = source.open().await?;
+            let stream = stream_of_either(None, Some(&room))?;
+            let mut events = read_all(log.as_ref(), &stream, Seq(0)).await?;
+            match until.as_deref().map(parse_until).transpose()? {
+                Some(Until::Seq(n)) => events.retain(|e| e.seq.0 <= n),
+                Some(Until::TimeMs(ms)) => events.retain(|e| e.ts <= ms),
+                None => {}
+            }
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&room_transcript(&events))?
+            );
+        }
+        EventsCmd::Replay {
+            source, doc, until, ..
+        } => {
+            let doc = doc.context("give --doc or --room")?;
             let log = source.open().await?;
             let stream = stream_of(&doc)?;
             let mut events = read_all(log.as_ref(), &stream, Seq(0)).await?;

@@ -307,3 +307,117 @@ async fn tail_prints_history_then_follows_the_bus() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test]
+async fn room_show_and_replay_print_the_chat_as_it_was() {
+    use proto::event::{
+        ChatMessageDeletedV1, ChatMessageEditedV1, ChatMessageSentV1, UserPresenceV1,
+    };
+    use proto::RoomId;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Arc::new(
+        SqliteLog::open(&dir.path().join("tandem.db"))
+            .await
+            .expect("open"),
+    );
+    let stream = StreamId::Room(RoomId::parse("team").expect("valid"));
+    let epoch = log
+        .acquire(&stream, &ShardId::parse("t").expect("valid"))
+        .await
+        .expect("acquire");
+    let ada = UserId::parse("ada").expect("valid");
+    let bob = UserId::parse("bob").expect("valid");
+    let payloads = [
+        (
+            ada.clone(),
+            EventPayload::UserJoined(UserPresenceV1 { user: ada.clone() }),
+        ),
+        (
+            bob.clone(),
+            EventPayload::UserJoined(UserPresenceV1 { user: bob.clone() }),
+        ),
+        (
+            ada.clone(),
+            EventPayload::ChatMessageSent(ChatMessageSentV1 {
+                client_msg_id: "m1".into(),
+                text: "helo".into(),
+            }),
+        ),
+        (
+            bob.clone(),
+            EventPayload::ChatMessageSent(ChatMessageSentV1 {
+                client_msg_id: "m2".into(),
+                text: "oops".into(),
+            }),
+        ),
+        (
+            ada.clone(),
+            EventPayload::ChatMessageEdited(ChatMessageEditedV1 {
+                client_msg_id: "e1".into(),
+                target: Seq(3),
+                text: "hello".into(),
+            }),
+        ),
+        (
+            bob.clone(),
+            EventPayload::ChatMessageDeleted(ChatMessageDeletedV1 {
+                client_msg_id: "d1".into(),
+                target: Seq(4),
+            }),
+        ),
+        (
+            bob.clone(),
+            EventPayload::UserLeft(UserPresenceV1 { user: bob.clone() }),
+        ),
+    ];
+    for (i, (actor, payload)) in payloads.into_iter().enumerate() {
+        let r = log
+            .append(vec![AppendRequest {
+                stream: stream.clone(),
+                epoch,
+                first_seq: Seq(i as u64 + 1),
+                events: vec![NewEvent {
+                    id: uuid::Uuid::now_v7(),
+                    actor,
+                    ts: 1000 * (i as i64 + 1),
+                    trace: None,
+                    payload,
+                }],
+            }])
+            .await;
+        assert_eq!(r, vec![Ok(())]);
+    }
+    log.close().await;
+    let data = dir.path().to_str().expect("utf-8 path");
+    let (ok, out, err) = tandem(&["events", "show", "--data", data, "--room", "team"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 8, "header + 7 events: {out}");
+    assert!(out.contains("chat.message.edited"), "{out}");
+    // Time travel: before the edit and the deletion, then at the end.
+    let (ok, out, err) = tandem(&[
+        "events", "replay", "--data", data, "--room", "team", "--until", "4",
+    ]);
+    assert!(ok, "{err}");
+    let v = json(&out);
+    assert_eq!(v["present"], serde_json::json!(["ada", "bob"]));
+    let texts: Vec<&str> = v["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m["text"].as_str())
+        .collect();
+    assert_eq!(texts, vec!["helo", "oops"]);
+    let (ok, out, err) = tandem(&["events", "replay", "--data", data, "--room", "team"]);
+    assert!(ok, "{err}");
+    let v = json(&out);
+    assert_eq!(v["present"], serde_json::json!(["ada"]));
+    assert_eq!(v["messages"][0]["text"], "hello");
+    assert!(v["messages"][0]["edited"].is_string());
+    assert_eq!(v["messages"][1]["text"], serde_json::Value::Null);
+    assert!(v["messages"][1]["deleted"].is_string());
+    let (ok, _, err) = tandem(&["events", "show", "--data", data]);
+    assert!(
+        !ok && err.contains("--doc"),
+        "one of --doc/--room is required: {err}"
+    );
+}
