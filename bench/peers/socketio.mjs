@@ -8,7 +8,8 @@
 // * The usual chat server shape: `join` (room, ack) puts the socket in a Socket.IO room and acks;
 //   `send` ({room, id, text}, ack) numbers the message per room, broadcasts
 //   `event` {room, seq, id, text} to everyone in the room (sender included, like Tandem) and acks
-//   {seq}. No persistence and no Redis adapter: messages live only in flight (the cheapest way Socket.IO
+//   {seq}. `typing` and `presence` ({room, …}) are relayed to the rest of the room as received, with
+//   the user from the handshake query (?user=). No persistence and no Redis adapter: messages live only in flight (the cheapest way Socket.IO
 //   can be run; the Redis adapter would add a pub/sub hop per broadcast).
 // * Quiet: stdout carries exactly one line once listening:
 //     peer: listening on ws://127.0.0.1:PORT
@@ -32,6 +33,7 @@ const io = new Server(server, { transports: ["websocket"], serveClient: false })
 const seqs = new Map();
 
 io.on("connection", (socket) => {
+	const user = String(socket.handshake.query.user ?? socket.id);
 	socket.on("join", (room, ack) => {
 		if (typeof room !== "string") return;
 		socket.join(room);
@@ -43,6 +45,15 @@ io.on("connection", (socket) => {
 		seqs.set(msg.room, seq);
 		io.to(msg.room).emit("event", { room: msg.room, seq, id: msg.id, text: msg.text });
 		if (typeof ack === "function") ack({ seq });
+	});
+	// Typing indicators and presence (cursor) updates: relayed to the rest of the room as received.
+	socket.on("typing", (msg) => {
+		if (!msg || typeof msg.room !== "string") return;
+		socket.to(msg.room).emit("typing", { user, typing: msg.typing === true });
+	});
+	socket.on("presence", (msg) => {
+		if (!msg || typeof msg.room !== "string") return;
+		socket.to(msg.room).emit("presence", { user, state: msg.state });
 	});
 });
 

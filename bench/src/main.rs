@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use bench::report::{self, Machine, Row, Series};
-use bench::scenario::{chat_fanout, cold_load, doc_fanout, idle, reconnect};
+use bench::scenario::{chat_fanout, cold_load, doc_fanout, idle, presence_churn, reconnect};
 use bench::target::{Kind, Target, TargetOpts};
 use bench::wire::Dialect;
 use clap::{Args, Parser, Subcommand};
@@ -94,6 +94,9 @@ enum Scenario {
     /// One room of M members on the native protocol (/v1); one sender sends N chat messages at R/s:
     /// send → each member has it (p50…max), → all members have it, → ack. Tandem and socketio.
     ChatFanout(ChatArgs),
+    /// One room of M members; T typists toggle typing and move a cursor R times/s each: frames and
+    /// bytes each member receives per second (the presence/typing budget). Tandem and socketio.
+    PresenceChurn(ChurnArgs),
 }
 
 #[derive(Args, Clone)]
@@ -212,6 +215,24 @@ struct ChatArgs {
 }
 
 #[derive(Args, Clone)]
+struct ChurnArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Members of the room (distinct users).
+    #[arg(long)]
+    members: Option<usize>,
+    /// Members who type and move their cursor.
+    #[arg(long)]
+    typists: Option<usize>,
+    /// Typing toggles and cursor moves per typist per second (each).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Seconds measured.
+    #[arg(long)]
+    duration: Option<f64>,
+}
+
+#[derive(Args, Clone)]
 struct ColdArgs {
     #[command(flatten)]
     common: Common,
@@ -234,6 +255,7 @@ struct ConfigFile {
     reconnect_storm: Option<reconnect::Params>,
     cold_load: Option<cold_load::Params>,
     chat_fanout: Option<chat_fanout::Params>,
+    presence_churn: Option<presence_churn::Params>,
 }
 
 #[derive(Deserialize, Clone)]
@@ -371,7 +393,8 @@ persisted!(
     idle::Outcome,
     reconnect::Outcome,
     cold_load::Outcome,
-    chat_fanout::Outcome
+    chat_fanout::Outcome,
+    presence_churn::Outcome
 );
 
 /// Starts each target in turn, runs `run` against it, stops it (also when the run failed), and
@@ -888,6 +911,56 @@ async fn run_chat(a: ChatArgs, compare: bool) -> anyhow::Result<()> {
     )
 }
 
+async fn run_churn(a: ChurnArgs, compare: bool) -> anyhow::Result<()> {
+    let cfg = load_config(&a.common)?;
+    let mut opts = target_opts(&a.common, &cfg);
+    // Distinct users need tokens: Tandem runs with the harness's own HS256 secret.
+    opts.tandem_args.extend([
+        "--jwt-hs256-secret".to_string(),
+        presence_churn::BENCH_JWT_SECRET.to_string(),
+    ]);
+    let kinds = chat_targets(&a.common, compare)?;
+    let mut p = cfg.presence_churn.clone().unwrap_or_default();
+    set(&mut p.members, a.members);
+    set(&mut p.typists, a.typists);
+    set(&mut p.rate, a.rate);
+    set(&mut p.duration, a.duration);
+    let outcomes = on_each_target(&kinds, &opts, async |t, k| {
+        presence_churn::run(t, &p, &format!("presence-churn {}", k.name())).await
+    })
+    .await?;
+    let mut r = report::Rows::new(&outcomes);
+    r.add("frames per member per s", true, 1, |o| {
+        Some(o.frames_per_member_per_sec)
+    })
+    .add("relaying every change would be", false, 0, |o| {
+        Some(o.relay_frames_per_member_per_sec)
+    })
+    .add("KB per member per s", true, 1, |o| {
+        Some(o.bytes_per_member_per_sec / 1000.0)
+    })
+    .add("server frames per s", true, 0, |o| {
+        Some(o.server_frames_per_sec)
+    })
+    .add("changes sent per s", false, 0, |o| Some(o.changes_per_sec))
+    .add("server CPU %", true, 0, |o| Some(o.server.cpu_pct))
+    .add("server RSS max MB", true, 1, |o| Some(o.server.rss_max_mb));
+    publish(
+        "presence-churn",
+        &format!(
+            "presence-churn: one room of {} members, {} typists × {} typing toggles and {} cursor moves per second",
+            p.members, p.typists, p.rate, p.rate
+        ),
+        &kinds,
+        &opts,
+        &r.done(),
+        "\nTandem gathers presence and typing changes per room and sends each member at most one `presence` and one `typing` frame per `--presence-flush-ms` (100 ms); the Socket.IO peer relays every change to the rest of the room, as typical Socket.IO chat code does.\n",
+        serde_json::to_value(&outcomes)?,
+        &a.common.out,
+        None,
+    )
+}
+
 async fn run_scenario(s: Scenario, compare: bool) -> anyhow::Result<()> {
     match s {
         Scenario::DocFanout(a) => run_fanout(a, compare).await,
@@ -895,6 +968,7 @@ async fn run_scenario(s: Scenario, compare: bool) -> anyhow::Result<()> {
         Scenario::ReconnectStorm(a) => run_storm(a, compare).await,
         Scenario::ColdLoad(a) => run_cold(a, compare).await,
         Scenario::ChatFanout(a) => run_chat(a, compare).await,
+        Scenario::PresenceChurn(a) => run_churn(a, compare).await,
     }
 }
 

@@ -5,6 +5,7 @@ pub mod chat_fanout;
 pub mod cold_load;
 pub mod doc_fanout;
 pub mod idle;
+pub mod presence_churn;
 pub mod reconnect;
 
 use std::time::{Duration, Instant};
