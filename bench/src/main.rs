@@ -316,14 +316,16 @@ fn targets(c: &Common, compare: bool) -> anyhow::Result<Vec<Kind>> {
             "tandem".into()
         }
     });
-    let kinds: Vec<Kind> = list
-        .split(',')
-        .map(|s| Kind::parse(s.trim()))
-        .collect::<anyhow::Result<_>>()?;
+    let kinds = parse_kinds(&list)?;
     if kinds.contains(&Kind::SocketIo) {
         anyhow::bail!("socketio serves chat only: use it with chat-fanout");
     }
     Ok(kinds)
+}
+
+/// A comma-separated target list.
+fn parse_kinds(list: &str) -> anyhow::Result<Vec<Kind>> {
+    list.split(',').map(|s| Kind::parse(s.trim())).collect()
 }
 
 /// Targets of chat scenarios: Tandem and the Socket.IO peer (`compare` runs both).
@@ -335,10 +337,7 @@ fn chat_targets(c: &Common, compare: bool) -> anyhow::Result<Vec<Kind>> {
             "tandem".into()
         }
     });
-    let kinds: Vec<Kind> = list
-        .split(',')
-        .map(|s| Kind::parse(s.trim()))
-        .collect::<anyhow::Result<_>>()?;
+    let kinds = parse_kinds(&list)?;
     if let Some(k) = kinds
         .iter()
         .find(|k| matches!(k, Kind::Hocuspocus | Kind::YWebsocketServer))
