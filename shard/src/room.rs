@@ -509,6 +509,14 @@ impl RoomCore {
             return;
         };
         if let Phase::Loading { queued } = &mut r.phase {
+            // Only a connection whose join is queued here can have anything else to say.
+            let joining = queued
+                .iter()
+                .any(|q| q.conn == conn && matches!(q.req, RoomRequest::Join { .. }));
+            if !is_join && !joining {
+                self.reply_error(conn, &room, rid.as_deref(), &RoomError::UnknownRoom);
+                return;
+            }
             let mine = queued.iter().filter(|q| q.conn == conn).count();
             if mine >= MAX_QUEUED_WHILE_LOADING {
                 self.reply_error(
@@ -593,6 +601,7 @@ impl RoomCore {
             }
             RoomRequest::Edit { target, text } => {
                 let rid = rid.ok_or(RoomError::BadRequest("an edit needs an id"))?;
+                self.member(room, conn)?;
                 self.check_text(&text)?;
                 if self.dedupe(conn, &user, room, rid) {
                     return Ok(());
@@ -609,6 +618,7 @@ impl RoomCore {
             }
             RoomRequest::Delete { target } => {
                 let rid = rid.ok_or(RoomError::BadRequest("a deletion needs an id"))?;
+                self.member(room, conn)?;
                 if self.dedupe(conn, &user, room, rid) {
                     return Ok(());
                 }

@@ -128,6 +128,9 @@ interface PendingRequest {
 
 let idCounter = 0
 
+/** History reads one socket may have in flight (the server refuses more with `limit`). */
+const MAX_HISTORY = 4
+
 /** A request id unique to this page (and, with the random part, across tabs and reloads). */
 export function newId (prefix = 'r'): string {
   idCounter += 1
@@ -155,6 +158,9 @@ export class TandemClient extends Emitter {
   private reconnectTimer: ReturnType<typeof setTimeout> | null = null
   private openWaiters: Array<() => void> = []
   private offline = false
+  private generation = 0
+  private historyInFlight = 0
+  private historyWaiters: Array<() => void> = []
 
   constructor (opts: ClientOptions) {
     super()
@@ -181,14 +187,16 @@ export class TandemClient extends Emitter {
 
   private async connect (): Promise<void> {
     if (this.closedByUser || this.offline) return
+    // Only the latest attempt may open a socket (goOffline/goOnline during a token fetch).
+    const attempt = ++this.generation
     let ws: any
     try {
       const WS = this.opts.WebSocket ?? (globalThis as any).WebSocket
       if (WS === undefined) throw new Error('no WebSocket implementation: pass options.WebSocket')
       let url = this.opts.url
       const token = typeof this.opts.token === 'function' ? await this.opts.token() : this.opts.token
-      // close() or goOffline() while the token was being fetched: stay down.
-      if (this.closedByUser || this.offline) return
+      // close() or goOffline() while the token was being fetched, or a newer attempt: stay down.
+      if (this.closedByUser || this.offline || attempt !== this.generation) return
       if (token !== undefined && token !== '') {
         url += (url.includes('?') ? '&' : '?') + 'token=' + encodeURIComponent(token)
       }
@@ -228,7 +236,6 @@ export class TandemClient extends Emitter {
     for (const r of this.rooms.values()) r._disconnected()
     for (const d of this.docs.values()) d._disconnected()
     if (was) this.emit('close', { code, reason })
-    if (this.offline) return
     if (this.closedByUser || !this.opts.reconnect) {
       for (const [id, p] of this.pending) {
         this.pending.delete(id)
@@ -236,6 +243,7 @@ export class TandemClient extends Emitter {
       }
       return
     }
+    if (this.offline) return
     this.scheduleReconnect()
   }
 
@@ -383,6 +391,36 @@ export class TandemClient extends Emitter {
     return d
   }
 
+  /** @internal drops a request that has not been answered (its promise rejects with `err`) */
+  _cancel (id: string, err: Error): void {
+    const p = this.pending.get(id)
+    if (p === undefined) return
+    this.pending.delete(id)
+    if (p.timer !== undefined) clearTimeout(p.timer)
+    p.reject(err)
+  }
+
+  /** @internal a room that cannot be rejoined: its unacknowledged sends, edits, deletions fail */
+  _rejectFor (room: string, err: Error): void {
+    for (const [id, p] of this.pending) {
+      if (p.retry && p.frame.room === room) this._cancel(id, err)
+    }
+  }
+
+  /** @internal at most MAX_HISTORY history reads in flight (the server's per-socket cap) */
+  async _history (frame: any): Promise<any> {
+    while (this.historyInFlight >= MAX_HISTORY) {
+      await new Promise<void>((resolve) => this.historyWaiters.push(resolve))
+    }
+    this.historyInFlight += 1
+    try {
+      return await this.request(frame)
+    } finally {
+      this.historyInFlight -= 1
+      this.historyWaiters.shift()?.()
+    }
+  }
+
   /** @internal after a room was (re)joined: re-send its unacknowledged sends, edits, deletions */
   _resendFor (room: string): void {
     for (const p of this.pending.values()) {
@@ -407,7 +445,10 @@ export class TandemClient extends Emitter {
       clearTimeout(this.reconnectTimer)
       this.reconnectTimer = null
     }
+    const ws = this.ws
     this.dropConnection()
+    // Offline now, not when the close event arrives: requests made from here on are queued.
+    if (ws !== null) this.onClose(1000, 'offline')
   }
 
   /** Reconnects after `goOffline()`: rooms resume, queued sends go out, documents resync. */
@@ -461,6 +502,7 @@ export class Room extends Emitter {
   private joined = false
   private state: unknown = undefined
   private joining: Promise<JoinResult> | null = null
+  private joinId: string | null = null
 
   constructor (private readonly client: TandemClient, readonly id: string) {
     super()
@@ -479,7 +521,8 @@ export class Room extends Emitter {
   }
 
   private sendJoin (): Promise<JoinResult> {
-    const frame: any = { t: 'join', room: this.id }
+    const frame: any = { t: 'join', id: newId('j'), room: this.id }
+    this.joinId = frame.id
     if (this.position !== null) frame.since = this.position
     if (this.state !== undefined) frame.state = this.state
     const p = this.client.request(frame).then((m: any) => ({
@@ -498,6 +541,8 @@ export class Room extends Emitter {
     this.presence.clear()
     this.typists = []
     this.client._forgetRoom(this.id)
+    // A join still waiting to go out must not go out after the leave.
+    if (this.joinId !== null) this.client._cancel(this.joinId, new TandemError('left', 'the room was left'))
     // Offline, there is nothing to leave: the server dropped the membership with the socket.
     if (this.client.isConnected) await this.client.request({ t: 'leave', room: this.id })
   }
@@ -533,7 +578,7 @@ export class Room extends Emitter {
 
   /** A page of committed events: the newest `limit` before `before`, or the first `limit` after `after`. */
   async history (opts: { before?: number, after?: number, limit?: number } = {}): Promise<RoomEvent[]> {
-    const m = await this.client.request({ t: 'history', room: this.id, ...opts })
+    const m = await this.client._history({ t: 'history', room: this.id, ...opts })
     return m.events as RoomEvent[]
   }
 
@@ -541,7 +586,7 @@ export class Room extends Emitter {
     if (this.position !== null && e.seq <= this.position.seq) return // already seen
     if (this.position !== null && e.seq > this.position.seq + 1 && this.joining === null) {
       // A gap (should not happen): resume from what we have.
-      void this.sendJoin().catch(() => {})
+      this.rejoin()
       return
     }
     this.position = { epoch: e.epoch, seq: e.seq }
@@ -574,7 +619,8 @@ export class Room extends Emitter {
         else {
           // Events racing a rejoin: the joined reply replays them in order; later ones pass the filter.
           const j = this.joining
-          void j.then(() => this.deliver(m.event), () => {})
+          const deliver = (): void => this.deliver(m.event)
+          void j.then(deliver, deliver)
         }
         return
       case 'presence':
@@ -588,7 +634,7 @@ export class Room extends Emitter {
         return
       case 'room.closed':
         this.emit('closed', { code: m.code, message: m.message })
-        if (this.joined) setTimeout(() => { if (this.joined && this.client.isConnected) void this.sendJoin().catch(() => {}) }, 200)
+        if (this.joined) setTimeout(() => { if (this.joined && this.client.isConnected && this.joining === null) this.rejoin() }, 200)
     }
   }
 
@@ -600,7 +646,26 @@ export class Room extends Emitter {
   /** @internal */
   _reconnected (): void {
     // A join made while offline is already queued for this connection.
-    if (this.joined && this.joining === null) void this.sendJoin().catch(() => {})
+    if (this.joined && this.joining === null) this.rejoin()
+  }
+
+  /** Rejoins after a reconnect or `room.closed`; a refusal is reported, and retried when transient. */
+  private rejoin (): void {
+    this.sendJoin().catch((err: TandemError) => {
+      if (!this.joined) return
+      this.emit('error', err)
+      const transient = ['unavailable', 'shutting_down', 'timeout', 'disconnected', 'limit'].includes(err.code)
+      if (transient) {
+        setTimeout(() => {
+          if (this.joined && this.client.isConnected && this.joining === null) this.rejoin()
+        }, 1000)
+      } else {
+        // Not coming back (forbidden, invalid): the room is left, and its queued sends fail.
+        this.joined = false
+        this.client._rejectFor(this.id, err)
+        this.emit('closed', { code: err.code, message: err.message })
+      }
+    })
   }
 }
 

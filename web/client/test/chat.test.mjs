@@ -119,6 +119,27 @@ describe('chat, presence and typing with @tandem/client', () => {
     assert.equal(rooms[2].presence.get('ada')?.connections, 1)
   })
 
+  it('offline: a leave cancels the queued join, and close() settles queued sends', async () => {
+    const ada = await tab('ada')
+    const bob = await tab('bob')
+    const rb = bob.room('offline-room')
+    await rb.join()
+    ada.goOffline()
+    const ra = ada.room('offline-room')
+    const joining = ra.join()
+    await ra.leave()
+    await assert.rejects(joining, (e) => e.code === 'left')
+    ada.goOnline()
+    await ada.ready()
+    await sleep(300)
+    assert.ok(!rb.presence.has('ada'), 'the cancelled join never reached the server')
+    const cy = await tab('cy')
+    cy.goOffline()
+    const queued = cy.room('offline-room').send('never sent')
+    cy.close()
+    await assert.rejects(queued, (e) => e.code === 'closed')
+  })
+
   it('a message edit and deletion are events; only the author may change a message', async () => {
     const ada = await tab('ada')
     const bob = await tab('bob')
