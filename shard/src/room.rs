@@ -193,8 +193,9 @@ struct Committed {
 struct Member {
     user: UserId,
     access: RoomAccess,
-    /// Presence state (JSON text) and when it was last set (a counter, for "most recent tab wins").
-    state: Option<Arc<str>>,
+    /// Presence state and when it was last set (a counter, for "most recent tab wins"). Kept parsed:
+    /// every presence broadcast and join reply clones it instead of parsing it again.
+    state: Option<Arc<serde_json::Value>>,
     state_at: u64,
     typing_until: Option<Instant>,
 }
@@ -202,7 +203,6 @@ struct Member {
 struct Pending {
     epoch: Epoch,
     seq: Seq,
-    actor: UserId,
     payload: EventPayload,
     /// Connections waiting for the ack, with their request ids and whether theirs was a retry (a
     /// retry while in flight adds one).
@@ -309,8 +309,7 @@ impl RoomState {
             .filter_map(|c| self.members.get(c))
             .filter(|m| m.state.is_some())
             .max_by_key(|m| m.state_at)
-            .and_then(|m| m.state.as_deref())
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+            .and_then(|m| m.state.as_deref().cloned())
             .unwrap_or(serde_json::Value::Null);
         Some(serde_json::json!({ "user": user, "state": state, "connections": conns.len() }))
     }
@@ -633,15 +632,12 @@ impl RoomCore {
             }
             RoomRequest::Presence { state } => {
                 self.member(room, conn)?;
-                let text = serde_json::to_string(&state).unwrap_or_default();
-                if text.len() > self.cfg.max_presence_bytes {
-                    return Err(RoomError::TooLarge("presence state"));
-                }
+                let state = self.checked_state(state)?;
                 let r = self.rooms.get_mut(room).ok_or(RoomError::UnknownRoom)?;
                 r.clock += 1;
                 let clock = r.clock;
                 if let Some(m) = r.members.get_mut(&conn) {
-                    m.state = Some(text.into());
+                    m.state = Some(state);
                     m.state_at = clock;
                 }
                 r.presence_dirty.insert(user);
@@ -691,6 +687,15 @@ impl RoomCore {
             ));
         }
         Ok(())
+    }
+
+    /// A presence state within `max_presence_bytes` (measured as compact JSON).
+    fn checked_state(&self, state: serde_json::Value) -> Result<Arc<serde_json::Value>, RoomError> {
+        let len = serde_json::to_vec(&state).map_or(usize::MAX, |v| v.len());
+        if len > self.cfg.max_presence_bytes {
+            return Err(RoomError::TooLarge("presence state"));
+        }
+        Ok(Arc::new(state))
     }
 
     fn check_text(&self, text: &str) -> Result<(), RoomError> {
@@ -772,7 +777,6 @@ impl RoomCore {
         r.inflight.push_back(Pending {
             epoch,
             seq,
-            actor: actor.clone(),
             payload: payload.clone(),
             waiters: waiter.into_iter().map(|(c, r)| (c, r, false)).collect(),
         });
@@ -797,16 +801,7 @@ impl RoomCore {
         since: Option<Position>,
         state: Option<serde_json::Value>,
     ) -> Result<(), RoomError> {
-        let state = match state {
-            Some(s) => {
-                let text = serde_json::to_string(&s).unwrap_or_default();
-                if text.len() > self.cfg.max_presence_bytes {
-                    return Err(RoomError::TooLarge("presence state"));
-                }
-                Some(Arc::<str>::from(text))
-            }
-            None => None,
-        };
+        let state = state.map(|s| self.checked_state(s)).transpose()?;
         let max_members = self.cfg.max_members;
         let r = self.rooms.get_mut(room).ok_or(RoomError::Unavailable)?;
         r.epoch().ok_or(RoomError::Unavailable)?;
@@ -1028,7 +1023,7 @@ impl RoomCore {
     /// The store answered an `Append`: `Ok` carries the committed event.
     pub fn handle_appended(
         &mut self,
-        now: Instant,
+        _now: Instant,
         room: &RoomId,
         epoch: Epoch,
         seq: Seq,
@@ -1052,7 +1047,6 @@ impl RoomCore {
             return;
         };
         debug_assert_eq!(p.payload, event.payload);
-        let _ = p.actor;
         r.applied = seq;
         r.since_snapshot += 1;
         match &event.payload {
@@ -1081,7 +1075,6 @@ impl RoomCore {
         if want_snapshot {
             self.snapshot(room);
         }
-        let _ = now;
     }
 
     fn snapshot(&mut self, room: &RoomId) {

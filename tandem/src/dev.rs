@@ -37,7 +37,9 @@ pub async fn run(cfg: DevConfig) -> anyhow::Result<()> {
     let listener = gateway::server::bind(cfg.listen, cfg.gateway.listen_backlog)
         .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    println!("tandem: listening on http://{addr} (documents at ws://{addr}/doc/{{docId}})");
+    println!(
+        "tandem: listening on http://{addr} (documents at ws://{addr}/doc/{{docId}}, native protocol at ws://{addr}/v1)"
+    );
     tracing::info!(%addr, shards = cfg.shards, data = %cfg.data.display(), "tandem dev ready");
     gateway::serve(listener, gw.clone(), shutdown_signal()).await?;
     tracing::info!("shutting down: closing connections and committing");
