@@ -91,7 +91,7 @@ impl Gateway {
         let path = req.uri().path().to_owned();
         match (req.method(), path.as_str()) {
             (&Method::GET, "/healthz") => {
-                if self.routes.shards().all(|s| s.is_alive()) {
+                if self.routes.shards().iter().all(|s| s.is_alive()) {
                     text(200, "ok\n", "text/plain")
                 } else {
                     text(503, "a shard is down\n", "text/plain")
@@ -163,8 +163,8 @@ impl Gateway {
         let shard = self
             .routes
             .shard_for(&doc)
-            .ok_or(GatewayError::Unavailable)?
-            .clone();
+            .await
+            .ok_or(GatewayError::Unavailable)?;
         let (mut response, fut) =
             fastwebsockets::upgrade::upgrade(req).map_err(|_| GatewayError::BadHandshake)?;
         if let Some(p) = protocol {

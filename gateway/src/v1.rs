@@ -39,6 +39,8 @@ struct Registry {
     docs: HashMap<String, (ConnId, ShardHandle)>,
     /// Joined rooms → owner.
     rooms: HashMap<RoomId, ShardHandle>,
+    /// Every shard this socket has sent room requests to (rooms move; each is told when it ends).
+    room_shards: HashMap<proto::ShardId, ShardHandle>,
 }
 
 /// Runs a `/v1` socket until either side closes it.
@@ -90,19 +92,19 @@ pub(crate) async fn run(gw: Arc<Gateway>, identity: Identity, ws: WebSocket<Io>)
 
 /// Tells every owner that the socket is gone (idempotent: the registry is emptied).
 async fn release(conn: ConnId, registry: &Mutex<Registry>) {
-    let (docs, rooms) = {
+    let (docs, shards) = {
         let mut r = registry.lock().unwrap_or_else(|e| e.into_inner());
-        (std::mem::take(&mut r.docs), std::mem::take(&mut r.rooms))
+        r.rooms.clear();
+        (
+            std::mem::take(&mut r.docs),
+            std::mem::take(&mut r.room_shards),
+        )
     };
     for (_, (channel, shard)) in docs {
         shard.close(channel).await;
     }
-    let mut told: Vec<proto::ShardId> = Vec::new();
-    for (_, shard) in rooms {
-        if !told.contains(shard.id()) {
-            told.push(shard.id().clone());
-            shard.room_close(conn).await;
-        }
+    for (_, shard) in shards {
+        shard.room_close(conn).await;
     }
 }
 
@@ -316,8 +318,8 @@ impl V1Inbound {
             .gw
             .routes
             .shard_for(&doc)
-            .ok_or_else(|| refuse("unavailable", "no shard for this document"))?
-            .clone();
+            .await
+            .ok_or_else(|| refuse("unavailable", "no shard for this document"))?;
         // Opening again restarts the channel (after a doc.closed, or to force a resync).
         let previous = {
             let r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
@@ -412,8 +414,14 @@ impl V1Inbound {
             .gw
             .routes
             .shard_for_room(&room)
-            .ok_or_else(|| refuse("unavailable", "no shard for this room"))?
-            .clone();
+            .await
+            .ok_or_else(|| refuse("unavailable", "no shard for this room"))?;
+        self.registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .room_shards
+            .entry(shard.id().clone())
+            .or_insert_with(|| shard.clone());
         let permit = self
             .history_slots
             .clone()
@@ -498,29 +506,44 @@ impl V1Inbound {
             .identity
             .room_access(&room)
             .ok_or_else(|| refuse("forbidden", "no grant for this room"))?;
+        // A join is routed afresh (the room may have moved since an earlier join); other requests go
+        // to the shard the socket joined.
+        let fresh = if t == "join" {
+            Some(
+                self.gw
+                    .routes
+                    .shard_for_room(&room)
+                    .await
+                    .ok_or_else(|| refuse("unavailable", "no shard for this room"))?,
+            )
+        } else {
+            None
+        };
         let shard = {
             let mut r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-            match (t, r.rooms.get(&room).cloned()) {
-                ("join", Some(s)) => s,
-                ("join", None) => {
-                    if r.rooms.len() >= self.gw.cfg.max_rooms_per_conn {
-                        return Err(refuse("limit", "too many rooms joined on this socket"));
-                    }
-                    let s = self
-                        .gw
-                        .routes
-                        .shard_for_room(&room)
-                        .ok_or_else(|| refuse("unavailable", "no shard for this room"))?
-                        .clone();
+            if let Some(s) = &fresh {
+                r.room_shards
+                    .entry(s.id().clone())
+                    .or_insert_with(|| s.clone());
+            }
+            match (fresh, r.rooms.get(&room).cloned()) {
+                (Some(s), Some(_)) => {
                     r.rooms.insert(room.clone(), s.clone());
                     s
                 }
-                ("leave", Some(s)) => {
+                (Some(s), None) => {
+                    if r.rooms.len() >= self.gw.cfg.max_rooms_per_conn {
+                        return Err(refuse("limit", "too many rooms joined on this socket"));
+                    }
+                    r.rooms.insert(room.clone(), s.clone());
+                    s
+                }
+                (None, Some(s)) if t == "leave" => {
                     r.rooms.remove(&room);
                     s
                 }
-                (_, Some(s)) => s,
-                (_, None) => {
+                (None, Some(s)) => s,
+                (None, None) => {
                     return Err(refuse(
                         "unknown_room",
                         "this socket has not joined the room",

@@ -9,10 +9,14 @@
 //! for every member `(id, weight)`, `h = xxh3_64(id ‖ 0x00 ‖ key)`, `u = (h + 0.5) / 2^64`,
 //! `score = weight / -ln(u)`; the owner is the member with the highest score (ties: the smaller id).
 //!
-//! Membership (leases in Redis, ring versions) comes with the sharding issue; `tandem dev` builds a
-//! fixed ring of its in-process shards.
+//! [`membership`] keeps the live member list in Redis (leases) and gives every process the same
+//! versioned ring; `tandem dev` builds a fixed ring of its in-process shards.
 
 #![forbid(unsafe_code)]
+
+pub mod membership;
+
+use std::collections::BTreeMap;
 
 use proto::ShardId;
 use xxhash_rust::xxh3::xxh3_64;
@@ -86,6 +90,48 @@ impl Ring {
         }
         best.map(|(m, _)| &m.id)
     }
+
+    /// Whether `id` is a member.
+    pub fn contains(&self, id: &ShardId) -> bool {
+        self.members.iter().any(|m| &m.id == id)
+    }
+
+    /// This ring with `member` added (or its weight replaced), at the next version.
+    pub fn with(&self, member: Member) -> Ring {
+        let mut members: Vec<Member> = self
+            .members
+            .iter()
+            .filter(|m| m.id != member.id)
+            .cloned()
+            .collect();
+        members.push(member);
+        Ring::new(self.version + 1, members)
+    }
+
+    /// This ring without `id`, at the next version.
+    pub fn without(&self, id: &ShardId) -> Ring {
+        Ring::new(
+            self.version + 1,
+            self.members.iter().filter(|m| &m.id != id).cloned(),
+        )
+    }
+}
+
+/// Where keys go when the ring changes from `before` to `after`: for every `(from, to)` pair with
+/// `from != to`, the keys that move. Keys whose owner stays put are left out.
+pub fn plan<'k>(
+    before: &Ring,
+    after: &Ring,
+    keys: impl IntoIterator<Item = &'k str>,
+) -> BTreeMap<(Option<ShardId>, Option<ShardId>), Vec<&'k str>> {
+    let mut moves: BTreeMap<(Option<ShardId>, Option<ShardId>), Vec<&'k str>> = BTreeMap::new();
+    for k in keys {
+        let (a, b) = (before.owner(k).cloned(), after.owner(k).cloned());
+        if a != b {
+            moves.entry((a, b)).or_default().push(k);
+        }
+    }
+    moves
 }
 
 #[cfg(test)]
@@ -130,6 +176,91 @@ mod tests {
             .count();
         // Expected share 2/5 = 40,000.
         assert!((n as f64 - 40_000.0).abs() / 40_000.0 <= 0.05, "{n}");
+    }
+
+    #[test]
+    fn ten_weighted_shards_hold_within_five_percent() {
+        // Weights 1..=10: shard i holds i/55 of the keys.
+        let members: Vec<Member> = ids(10)
+            .into_iter()
+            .enumerate()
+            .map(|(i, id)| Member {
+                id,
+                weight: (i + 1) as f64,
+            })
+            .collect();
+        let ring = Ring::new(1, members.clone());
+        let mut counts: HashMap<&ShardId, usize> = HashMap::new();
+        for k in 0..100_000 {
+            *counts
+                .entry(ring.owner(&format!("room:{k}")).expect("non-empty"))
+                .or_default() += 1;
+        }
+        for m in &members {
+            let want = 100_000.0 * m.weight / 55.0;
+            let got = counts.get(&m.id).copied().unwrap_or(0) as f64;
+            assert!(
+                (got - want).abs() / want <= 0.05,
+                "{} holds {got}, want {want}",
+                m.id
+            );
+        }
+    }
+
+    #[test]
+    fn adding_an_eleventh_shard_moves_about_one_eleventh() {
+        let before = Ring::uniform(1, ids(10));
+        let new = ShardId::parse("shard-new").expect("valid");
+        let after = before.with(Member {
+            id: new.clone(),
+            weight: 1.0,
+        });
+        let keys: Vec<String> = (0..100_000).map(|k| format!("doc:{k}")).collect();
+        let moves = plan(&before, &after, keys.iter().map(String::as_str));
+        let moved: usize = moves.values().map(Vec::len).sum();
+        // Exactly the keys the new shard now owns move, all of them to it.
+        assert!(moves.keys().all(|(_, to)| to.as_ref() == Some(&new)));
+        let share = moved as f64 / 100_000.0;
+        assert!((share - 1.0 / 11.0).abs() <= 0.05 / 11.0 * 2.0, "{share}");
+    }
+
+    #[test]
+    fn removing_a_shard_spreads_its_keys_evenly() {
+        let all = ids(10);
+        let before = Ring::uniform(1, all.clone());
+        let after = before.without(&all[3]);
+        let keys: Vec<String> = (0..100_000).map(|k| format!("doc:{k}")).collect();
+        let moves = plan(&before, &after, keys.iter().map(String::as_str));
+        let owned_before = keys
+            .iter()
+            .filter(|k| before.owner(k) == Some(&all[3]))
+            .count();
+        let moved: usize = moves.values().map(Vec::len).sum();
+        assert_eq!(moved, owned_before, "only the removed shard's keys move");
+        for ((from, to), ks) in &moves {
+            assert_eq!(from.as_ref(), Some(&all[3]));
+            // Each of the 9 others takes about 1/9 of them.
+            let want = owned_before as f64 / 9.0;
+            assert!(
+                (ks.len() as f64 - want).abs() / want <= 0.15,
+                "{to:?} took {}",
+                ks.len()
+            );
+        }
+    }
+
+    #[test]
+    fn weight_change_moves_keys_only_to_or_from_that_shard() {
+        let all = ids(10);
+        let before = Ring::uniform(1, all.clone());
+        let after = before.with(Member {
+            id: all[0].clone(),
+            weight: 2.0,
+        });
+        let keys: Vec<String> = (0..20_000).map(|k| format!("doc:{k}")).collect();
+        for (from, to) in plan(&before, &after, keys.iter().map(String::as_str)).keys() {
+            assert_eq!(to.as_ref(), Some(&all[0]), "from {from:?}");
+        }
     }
 
     #[test]

@@ -183,6 +183,26 @@ impl ShardCore {
         self.conns.len()
     }
 
+    /// The documents in memory.
+    pub fn doc_ids(&self) -> Vec<DocId> {
+        self.docs.keys().cloned().collect()
+    }
+
+    /// The document moves to another shard: its connections are closed (1012, they reconnect to the
+    /// new owner and resync), committed state is snapshotted when nothing is in flight, and it leaves
+    /// memory. Appends still in flight complete or fail in the store; their answers are ignored (the
+    /// new owner loads whatever committed, and clients re-send what did not).
+    pub fn handle_release(&mut self, now: Instant, doc: &DocId) {
+        if self
+            .docs
+            .get(doc)
+            .is_some_and(|d| d.inflight.is_empty() && matches!(d.phase, Phase::Ready { .. }))
+        {
+            self.snapshot(doc);
+        }
+        self.fail_doc(now, doc, &ShardError::Moved);
+    }
+
     /// Updates sent to the store and not yet answered.
     pub fn inflight(&self) -> usize {
         self.docs.values().map(|d| d.inflight.len()).sum()

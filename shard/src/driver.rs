@@ -35,18 +35,31 @@ pub enum ConnOut {
 /// A channel prefix and the message after it.
 pub type Prefixed = (Arc<[u8]>, Arc<[u8]>);
 
-/// The shard's handle on one connection's outbound queue (bounded: a slow consumer is closed).
+/// The shard's handle on one connection's outbound queue (bounded: a slow consumer is closed). On a
+/// shard process the "connection" is a session of a gateway link ([`crate::link`]), and the sink
+/// writes onto that link.
 #[derive(Clone)]
 pub struct ConnSink {
+    target: Target,
+    /// Set on a native-protocol (`/v1`) document channel: frames get this document's prefix, and a
+    /// close ends the channel (`doc.closed`) instead of the socket.
+    channel: Option<Arc<Channel>>,
+}
+
+#[derive(Clone)]
+enum Target {
+    Local(Local),
+    Link(crate::link::SessionOut),
+}
+
+#[derive(Clone)]
+struct Local {
     tx: mpsc::Sender<ConnOut>,
     /// Close code to use when the queue is dropped without a `Close` (0 = none).
     kill_code: Arc<AtomicU16>,
     /// Bytes queued and not yet written; the writer subtracts what it wrote.
     queued_bytes: Arc<AtomicUsize>,
     max_bytes: usize,
-    /// Set on a native-protocol (`/v1`) document channel: frames get this document's prefix, and a
-    /// close ends the channel (`doc.closed`) instead of the socket.
-    channel: Option<Arc<Channel>>,
 }
 
 struct Channel {
@@ -72,10 +85,12 @@ impl ConnSink {
         let bytes = Arc::new(AtomicUsize::new(0));
         (
             Self {
-                tx,
-                kill_code: kill.clone(),
-                queued_bytes: bytes.clone(),
-                max_bytes,
+                target: Target::Local(Local {
+                    tx,
+                    kill_code: kill.clone(),
+                    queued_bytes: bytes.clone(),
+                    max_bytes,
+                }),
                 channel: None,
             },
             ConnQueue {
@@ -84,6 +99,14 @@ impl ConnSink {
                 queued_bytes: bytes,
             },
         )
+    }
+
+    /// A sink writing onto a gateway link session.
+    pub(crate) fn link(out: crate::link::SessionOut) -> Self {
+        Self {
+            target: Target::Link(out),
+            channel: None,
+        }
     }
 
     /// The same socket's sink for one document of the native protocol: binary frames are prefixed
@@ -96,17 +119,24 @@ impl ConnSink {
     }
 
     fn try_send(&self, out: ConnOut, len: usize) -> bool {
-        if self.queued_bytes.load(Ordering::Relaxed) + len > self.max_bytes {
-            return false;
+        match &self.target {
+            Target::Local(l) => {
+                if l.queued_bytes.load(Ordering::Relaxed) + len > l.max_bytes {
+                    return false;
+                }
+                if l.tx.try_send(out).is_err() {
+                    return false;
+                }
+                l.queued_bytes.fetch_add(len, Ordering::Relaxed);
+                true
+            }
+            Target::Link(s) => s.send(out),
         }
-        if self.tx.try_send(out).is_err() {
-            return false;
-        }
-        self.queued_bytes.fetch_add(len, Ordering::Relaxed);
-        true
     }
 
-    fn try_send_frame(&self, msg: Arc<[u8]>) -> bool {
+    /// Queues a binary message (prefixed on a `/v1` document channel); false when the socket is a
+    /// slow consumer (or gone).
+    pub fn try_send_frame(&self, msg: Arc<[u8]>) -> bool {
         match &self.channel {
             None => {
                 let len = msg.len();
@@ -128,19 +158,31 @@ impl ConnSink {
     /// Marks the socket as closing with `code`: its writer sends the close frame once the queue
     /// holds nothing more for it. Used for slow consumers (the queue is full).
     pub fn kill(&self, code: u16) {
-        self.kill_code.store(code, Ordering::Relaxed);
+        match &self.target {
+            Target::Local(l) => l.kill_code.store(code, Ordering::Relaxed),
+            Target::Link(s) => s.kill(code),
+        }
+    }
+
+    /// Whether the receiving side is gone.
+    pub fn is_closed(&self) -> bool {
+        match &self.target {
+            Target::Local(l) => l.tx.is_closed(),
+            Target::Link(s) => s.is_closed(),
+        }
     }
 
     /// Ends what this sink carries: the whole socket (y-websocket), or only the document channel
     /// (`/v1`: a `doc.closed` frame; the client reopens the document to resync).
-    fn close(&self, code: u16, reason: &str) {
-        match &self.channel {
-            None => {
+    pub fn close(&self, code: u16, reason: &str) {
+        match (&self.channel, &self.target) {
+            (_, Target::Link(s)) => s.close(code, reason),
+            (None, Target::Local(l)) => {
                 // The close goes in first, so a writer that sees the kill code finds it queued.
-                let _ = self.tx.try_send(ConnOut::Close(code, reason.into()));
+                let _ = l.tx.try_send(ConnOut::Close(code, reason.into()));
                 self.kill(code);
             }
-            Some(ch) => {
+            (Some(ch), Target::Local(_)) => {
                 let v = serde_json::json!({
                     "t": "doc.closed", "doc": ch.doc, "code": code, "reason": reason
                 });
@@ -149,6 +191,16 @@ impl ConnSink {
                     self.kill(1008);
                 }
             }
+        }
+    }
+
+    /// Queues a close frame without the kill flag (the shutdown path, where the queue drains first).
+    fn send_close(&self, code: u16, reason: &str) {
+        match &self.target {
+            Target::Local(l) => {
+                let _ = l.tx.try_send(ConnOut::Close(code, reason.into()));
+            }
+            Target::Link(s) => s.close(code, reason),
         }
     }
 }
@@ -194,6 +246,13 @@ enum Cmd {
         room: RoomId,
         result: Result<(), StoreError>,
     },
+    Retain {
+        owns: Owns,
+        done: oneshot::Sender<()>,
+    },
+    Stats {
+        reply: oneshot::Sender<Stats>,
+    },
 }
 
 /// A native-protocol request about a room, with the socket's sink (for its replies and events).
@@ -232,22 +291,64 @@ pub enum RoomCall {
     },
 }
 
-/// A cheap, cloneable handle to a running shard.
+/// A cheap, cloneable handle to a shard: one running in this process, or one reached over a gateway
+/// link ([`crate::link::LinkClient`]).
 #[derive(Clone)]
 pub struct ShardHandle {
     id: ShardId,
-    tx: mpsc::Sender<Cmd>,
+    inner: Inner,
+}
+
+#[derive(Clone)]
+enum Inner {
+    Local(mpsc::Sender<Cmd>),
+    Remote(crate::link::LinkClient),
+}
+
+/// A predicate over keys: which streams this shard owns (after a ring change).
+pub type Owns = Arc<dyn Fn(&StreamId) -> bool + Send + Sync>;
+
+/// What a shard holds, for operators (`tandem ctl`).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Stats {
+    /// Loaded documents.
+    pub docs: Vec<DocId>,
+    /// Loaded rooms.
+    pub rooms: Vec<RoomId>,
+    /// Document connections.
+    pub connections: usize,
+    /// Room members (connections).
+    pub room_connections: usize,
 }
 
 impl ShardHandle {
+    /// A handle on a remote shard's link.
+    pub fn remote(id: ShardId, link: crate::link::LinkClient) -> Self {
+        Self {
+            id,
+            inner: Inner::Remote(link),
+        }
+    }
+
     /// The shard's id.
     pub fn id(&self) -> &ShardId {
         &self.id
     }
 
-    /// Whether the shard's driver is still running.
+    /// The link, when the shard is remote.
+    pub fn link(&self) -> Option<&crate::link::LinkClient> {
+        match &self.inner {
+            Inner::Remote(l) => Some(l),
+            Inner::Local(_) => None,
+        }
+    }
+
+    /// Whether the shard's driver is still running (remote: whether the link is up).
     pub fn is_alive(&self) -> bool {
-        !self.tx.is_closed()
+        match &self.inner {
+            Inner::Local(tx) => !tx.is_closed(),
+            Inner::Remote(l) => l.is_connected(),
+        }
     }
 
     /// Attaches a connection to `doc`.
@@ -259,44 +360,88 @@ impl ShardHandle {
         can_write: bool,
         sink: ConnSink,
     ) -> bool {
-        self.tx
-            .send(Cmd::Open {
-                conn,
-                doc,
-                actor,
-                can_write,
-                sink,
-            })
-            .await
-            .is_ok()
+        match &self.inner {
+            Inner::Local(tx) => tx
+                .send(Cmd::Open {
+                    conn,
+                    doc,
+                    actor,
+                    can_write,
+                    sink,
+                })
+                .await
+                .is_ok(),
+            Inner::Remote(l) => l.open(conn, doc, actor, can_write, sink).await,
+        }
     }
 
     /// Delivers one binary message from a connection.
     pub async fn message(&self, conn: ConnId, bytes: Vec<u8>) -> bool {
-        self.tx.send(Cmd::Message { conn, bytes }).await.is_ok()
+        match &self.inner {
+            Inner::Local(tx) => tx.send(Cmd::Message { conn, bytes }).await.is_ok(),
+            Inner::Remote(l) => l.message(conn, bytes).await,
+        }
     }
 
     /// Tells the shard a connection is gone.
     pub async fn close(&self, conn: ConnId) {
-        let _ = self.tx.send(Cmd::Close { conn }).await;
+        match &self.inner {
+            Inner::Local(tx) => {
+                let _ = tx.send(Cmd::Close { conn }).await;
+            }
+            Inner::Remote(l) => l.close(conn).await,
+        }
     }
 
     /// A native-protocol room request.
     pub async fn room(&self, cmd: RoomCmd) -> bool {
-        self.tx.send(Cmd::Room(Box::new(cmd))).await.is_ok()
+        match &self.inner {
+            Inner::Local(tx) => tx.send(Cmd::Room(Box::new(cmd))).await.is_ok(),
+            Inner::Remote(l) => l.room(cmd).await,
+        }
     }
 
     /// Tells the shard a native-protocol socket is gone: it leaves every room of this shard.
     pub async fn room_close(&self, conn: ConnId) {
-        let _ = self.tx.send(Cmd::RoomClose { conn }).await;
+        match &self.inner {
+            Inner::Local(tx) => {
+                let _ = tx.send(Cmd::RoomClose { conn }).await;
+            }
+            Inner::Remote(l) => l.room_close(conn).await,
+        }
+    }
+
+    /// Gives up every loaded document and room that `owns` says this shard no longer owns: their
+    /// connections are closed (1012, "moved"; rooms get `room.closed` with code `moved`), committed
+    /// state is snapshotted, and they leave memory. Returns once the driver has done it.
+    pub async fn retain(&self, owns: Owns) {
+        if let Inner::Local(tx) = &self.inner {
+            let (done, wait) = oneshot::channel();
+            if tx.send(Cmd::Retain { owns, done }).await.is_ok() {
+                let _ = wait.await;
+            }
+        }
+    }
+
+    /// What the shard holds (remote shards answer on their admin endpoint instead).
+    pub async fn stats(&self) -> Option<Stats> {
+        let Inner::Local(tx) = &self.inner else {
+            return None;
+        };
+        let (reply, wait) = oneshot::channel();
+        tx.send(Cmd::Stats { reply }).await.ok()?;
+        wait.await.ok()
     }
 
     /// Stops the shard: closes its connections, waits for in-flight appends, snapshots changed
-    /// documents, and returns when everything is committed.
+    /// documents, and returns when everything is committed. (Remote: nothing; the process stops
+    /// itself.)
     pub async fn shutdown(&self) {
-        let (done, wait) = oneshot::channel();
-        if self.tx.send(Cmd::Shutdown { done }).await.is_ok() {
-            let _ = wait.await;
+        if let Inner::Local(tx) = &self.inner {
+            let (done, wait) = oneshot::channel();
+            if tx.send(Cmd::Shutdown { done }).await.is_ok() {
+                let _ = wait.await;
+            }
         }
     }
 }
@@ -335,7 +480,10 @@ pub fn spawn(
         shutdown: None,
     };
     tokio::spawn(driver.run(rx));
-    ShardHandle { id, tx }
+    ShardHandle {
+        id,
+        inner: Inner::Local(tx),
+    }
 }
 
 /// Which live object an append belongs to.
@@ -527,6 +675,27 @@ impl Driver {
                     tracing::debug!(shard = %self.id, %doc, error = %e, "snapshot not written");
                 }
                 self.core.handle_snapshot_written(now, &doc, result);
+            }
+            Cmd::Retain { owns, done } => {
+                for doc in self.core.doc_ids() {
+                    if !owns(&StreamId::Doc(doc.clone())) {
+                        self.core.handle_release(now, &doc);
+                    }
+                }
+                for room in self.rooms.room_ids() {
+                    if !owns(&StreamId::Room(room.clone())) {
+                        self.rooms.handle_release(now, &room);
+                    }
+                }
+                let _ = done.send(());
+            }
+            Cmd::Stats { reply } => {
+                let _ = reply.send(Stats {
+                    docs: self.core.doc_ids(),
+                    rooms: self.rooms.room_ids(),
+                    connections: self.core.connections(),
+                    room_connections: self.room_sinks.len(),
+                });
             }
             Cmd::Shutdown { done } => {
                 self.core.handle_shutdown(now);
@@ -781,7 +950,7 @@ impl Driver {
                 Output::Unloaded { .. } => self.metrics.documents_loaded.dec(),
                 Output::Close { conn, code, reason } => {
                     if let Some(sink) = self.sinks.remove(&conn) {
-                        let _ = sink.tx.try_send(ConnOut::Close(code, reason.into()));
+                        sink.send_close(code, &reason);
                     }
                 }
                 _ => {}

@@ -34,6 +34,9 @@ pub enum ShardError {
     /// The server is shutting down.
     #[error("server shutting down")]
     ShuttingDown,
+    /// The document moved to another shard (ring change or drain); reconnect.
+    #[error("document moved to another shard, reconnect")]
+    Moved,
 }
 
 impl ShardError {
@@ -44,7 +47,7 @@ impl ShardError {
             Self::Invalid(_) => 1007,
             Self::DocTooLarge => 1009,
             Self::StoreUnavailable | Self::LoadFailed => 1011,
-            Self::Fenced => 1012,
+            Self::Fenced | Self::Moved => 1012,
             Self::Resync => 1013,
             Self::AwarenessLimit => 1008,
             Self::ShuttingDown => 1001,

@@ -20,6 +20,7 @@ pub mod config;
 pub mod core;
 pub mod driver;
 pub mod error;
+pub mod link;
 pub mod metrics;
 pub mod room;
 

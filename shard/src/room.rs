@@ -30,7 +30,8 @@ use crate::core::ConnId;
 const MAX_QUEUED_WHILE_LOADING: usize = 64;
 
 /// What a connection may do in a room (from its token's `rooms` grants).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RoomAccess {
     /// Join, read history, receive events, presence and typing, publish its own presence.
     Read,
@@ -50,7 +51,8 @@ pub struct Position {
 }
 
 /// A client's request about one room (parsed and size-checked for framing by the gateway).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
 pub enum RoomRequest {
     /// Become a member; optionally resume after `since` and publish an initial presence state.
     Join {
@@ -117,6 +119,9 @@ pub enum RoomError {
     /// The server is shutting down.
     #[error("server shutting down")]
     ShuttingDown,
+    /// The room moved to another shard (ring change or drain); rejoin.
+    #[error("room moved to another shard, rejoin")]
+    Moved,
 }
 
 impl RoomError {
@@ -131,6 +136,7 @@ impl RoomError {
             Self::Limit(_) => "limit",
             Self::Unavailable => "unavailable",
             Self::ShuttingDown => "shutting_down",
+            Self::Moved => "moved",
         }
     }
 }
@@ -391,6 +397,27 @@ impl RoomCore {
     /// Events sent to the store and not yet answered.
     pub fn inflight(&self) -> usize {
         self.rooms.values().map(|r| r.inflight.len()).sum()
+    }
+
+    /// The rooms in memory.
+    pub fn room_ids(&self) -> Vec<RoomId> {
+        self.rooms.keys().cloned().collect()
+    }
+
+    /// The room moves to another shard: committed state is snapshotted (when nothing is in flight),
+    /// members get `room.closed` with code `moved` (the client rejoins, and resumes on the new owner),
+    /// requests in flight get `unavailable` (their outcome is unknown: the client re-sends them with
+    /// the same id, and the new owner recognises a committed one). No `user.left` is written: members
+    /// who do not rejoin the new owner become its ghosts.
+    pub fn handle_release(&mut self, _now: Instant, room: &RoomId) {
+        if self
+            .rooms
+            .get(room)
+            .is_some_and(|r| r.inflight.is_empty() && matches!(r.phase, Phase::Ready { .. }))
+        {
+            self.snapshot(room);
+        }
+        self.fail_room(room, &RoomError::Moved);
     }
 
     /// The last committed seq of `room`, if it is loaded and ready.
@@ -1122,10 +1149,15 @@ impl RoomCore {
         .unwrap_or_default()
         .into();
         let mut told: BTreeSet<ConnId> = BTreeSet::new();
+        // After a move, a request's outcome is unknown: `unavailable` makes the client re-send it.
+        let waiter_why = match why {
+            RoomError::Moved => &RoomError::Unavailable,
+            other => other,
+        };
         for p in &r.inflight {
             for (conn, rid, _) in &p.waiters {
                 let e = serde_json::json!({
-                    "t": "error", "id": rid, "room": room, "code": why.code(), "message": why.to_string()
+                    "t": "error", "id": rid, "room": room, "code": waiter_why.code(), "message": waiter_why.to_string()
                 });
                 self.send(*conn, &e);
             }

@@ -58,7 +58,7 @@ pub async fn run(cfg: DevConfig) -> anyhow::Result<()> {
 }
 
 /// The event log `tandem dev` runs on (the record), optionally published to the Redis bus.
-struct Store {
+pub(crate) struct Store {
     record: Record,
     bus: Option<Arc<BusLog>>,
 }
@@ -69,7 +69,7 @@ enum Record {
 }
 
 impl Store {
-    async fn open(cfg: &DevConfig) -> anyhow::Result<Self> {
+    pub(crate) async fn open(cfg: &DevConfig) -> anyhow::Result<Self> {
         let record = Record::open(cfg).await?;
         let bus = match &cfg.redis_url {
             Some(url) => {
@@ -84,14 +84,14 @@ impl Store {
         Ok(Self { record, bus })
     }
 
-    fn log(&self) -> Arc<dyn EventLog> {
+    pub(crate) fn log(&self) -> Arc<dyn EventLog> {
         match &self.bus {
             Some(b) => b.clone(),
             None => self.record.log(),
         }
     }
 
-    async fn close(&self) {
+    pub(crate) async fn close(&self) {
         self.record.close().await;
     }
 }
@@ -130,7 +130,7 @@ impl Record {
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

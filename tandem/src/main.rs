@@ -3,7 +3,9 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout)]
 
+mod cluster;
 mod config;
+mod ctl;
 mod dev;
 mod events;
 mod webhooks;
@@ -26,6 +28,12 @@ struct Cli {
 enum Cmd {
     /// Gateway, router and shards in one process with the embedded store: the zero-setup server.
     Dev(Box<config::DevOpts>),
+    /// A shard process of a cluster: owns documents and rooms (PostgreSQL + Redis required).
+    Shard(Box<cluster::ShardOpts>),
+    /// A gateway process of a cluster: terminates WebSockets and routes to the owning shards.
+    Gateway(Box<cluster::GatewayOpts>),
+    /// Operator commands for a cluster: shards, ring plans, drains, locating keys.
+    Ctl(ctl::CtlOpts),
     /// Mints an HS256 token for local use.
     Token(TokenOpts),
     /// The event log for humans: show, tail, replay (time travel), verify.
@@ -131,6 +139,19 @@ fn main() -> anyhow::Result<()> {
                 println!("migrations applied");
                 anyhow::Ok(())
             }),
+        Cmd::Shard(o) => {
+            init_logs();
+            runtime()?.block_on(cluster::run_shard(*o))
+        }
+        Cmd::Gateway(o) => {
+            init_logs();
+            runtime()?.block_on(cluster::run_gateway(*o))
+        }
+        Cmd::Ctl(o) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the tokio runtime")?
+            .block_on(ctl::run(o)),
         Cmd::Dev(o) => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -147,4 +168,21 @@ fn main() -> anyhow::Result<()> {
                 .block_on(dev::run(cfg))
         }
     }
+}
+
+fn init_logs() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
 }
