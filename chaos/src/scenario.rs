@@ -111,6 +111,9 @@ pub struct Outcome {
     pub connects: u64,
     /// Chat resumes that could not recover.
     pub resets: u64,
+    /// Appends the store refused for a stale epoch (a fenced-out owner tried to write), from the
+    /// shard logs.
+    pub fenced_appends: u64,
 }
 
 impl Outcome {
@@ -134,7 +137,7 @@ impl Outcome {
     pub fn summary(&self) -> String {
         let v = &self.verdict;
         format!(
-            "acked={} lost={} diverged={} duplicates={} stale_writes={} recovery_p99_ms={:.0} recovery_p50_ms={:.0} gaps={} faults={} acked_messages={} plan_mismatches={} connects={} resets={}",
+            "acked={} lost={} diverged={} duplicates={} stale_writes={} recovery_p99_ms={:.0} recovery_p50_ms={:.0} gaps={} faults={} acked_messages={} planned_moves={} plan_mismatches={} fenced_appends={} connects={} resets={}",
             v.acked,
             v.lost,
             v.diverged,
@@ -145,7 +148,9 @@ impl Outcome {
             v.gaps,
             self.faults,
             v.acked_messages,
+            self.planned_moves,
             self.plan_mismatches,
+            self.fenced_appends,
             self.connects,
             self.resets,
         )
@@ -377,6 +382,7 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Outcome> {
     out.connects = rec.connects;
     out.resets = rec.resets;
     cluster.stop().await;
+    out.fenced_appends = count_in_logs(&logs, "stale epoch");
     drop(redis);
     drop(pg);
     Ok(out)
@@ -441,4 +447,16 @@ async fn compare_plan(cluster: &Cluster, plan: &serde_json::Value) -> anyhow::Re
         }
     }
     Ok((checked, bad))
+}
+
+/// Lines containing `needle` in the shard logs of a run.
+fn count_in_logs(logs: &std::path::Path, needle: &str) -> u64 {
+    let Ok(dir) = std::fs::read_dir(logs) else {
+        return 0;
+    };
+    dir.filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with('s'))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .map(|t| t.lines().filter(|l| l.contains(needle)).count() as u64)
+        .sum()
 }

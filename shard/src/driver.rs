@@ -194,6 +194,18 @@ impl ConnSink {
         }
     }
 
+    /// Closes the whole socket (also a `/v1` socket carrying this document channel) with `code`:
+    /// the close is queued (so an idle writer wakes up) and the kill flag set.
+    pub fn close_socket(&self, code: u16, reason: &str) {
+        match &self.target {
+            Target::Local(l) => {
+                let _ = l.tx.try_send(ConnOut::Close(code, reason.into()));
+                self.kill(code);
+            }
+            Target::Link(s) => s.kill(code),
+        }
+    }
+
     /// Queues a close frame without the kill flag (the shutdown path, where the queue drains first).
     fn send_close(&self, code: u16, reason: &str) {
         match &self.target {

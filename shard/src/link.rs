@@ -751,7 +751,7 @@ fn end_all(sessions: HashMap<u64, Session>, reason: &str) {
         match s.carries {
             Carries::Doc(_) => s.sink.close(1012, reason),
             // The socket's rooms lived on this shard: the client reconnects and resumes them.
-            Carries::Rooms(_) => s.sink.kill(1012),
+            Carries::Rooms(_) => s.sink.close_socket(1012, reason),
         }
     }
 }
@@ -839,7 +839,7 @@ async fn read_link(
                 };
                 if !ok {
                     // The client is a slow consumer: close it and end the session on the shard.
-                    sink.kill(1008);
+                    sink.close_socket(1008, "slow consumer");
                     let carries_doc = {
                         let mut st = inner.state.lock().unwrap_or_else(|e| e.into_inner());
                         st.sessions
@@ -875,7 +875,7 @@ async fn read_link(
                     .remove(&session);
                 if let Some(s) = s {
                     let (code, _) = parse_end(&payload);
-                    s.sink.kill(code);
+                    s.sink.close_socket(code, "closed by the shard");
                 }
             }
             kind::RING => inner.on_ring_hint.notify_one(),
