@@ -220,3 +220,81 @@ pub async fn check(
     v.diverged += rec.ack_conflicts;
     Ok(v)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::event::ChatMessageSentV1;
+    use proto::{Epoch, Event, NewEvent, ShardId, UserId};
+    use store::AppendRequest;
+
+    fn chat(seq: u64, epoch: u64, id: &str) -> Event {
+        Event {
+            id: uuid::Uuid::now_v7(),
+            version: 1,
+            stream: StreamId::Room(RoomId::parse("r").expect("id")),
+            seq: Seq(seq),
+            epoch: Epoch(epoch),
+            actor: UserId::parse("u").expect("id"),
+            ts: 0,
+            trace: None,
+            payload: EventPayload::ChatMessageSent(ChatMessageSentV1 {
+                client_msg_id: id.into(),
+                text: "x".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn gaps_and_stale_epochs_are_counted() {
+        let mut v = Verdict::default();
+        let events = vec![
+            chat(1, 1, "a"),
+            chat(2, 2, "b"),
+            chat(4, 2, "c"),
+            chat(5, 1, "d"),
+        ];
+        check_stream(&mut v, "room:r", &events);
+        assert_eq!(v.gaps, 1);
+        assert_eq!(v.stale_writes, 1);
+        assert!(!v.ok());
+    }
+
+    #[tokio::test]
+    async fn a_lost_or_doubled_message_fails_the_check() {
+        let log = store::memory::MemoryLog::new();
+        let stream = StreamId::Room(RoomId::parse(&room_name(0)).expect("id"));
+        let epoch = log
+            .acquire(&stream, &ShardId::parse("s0").expect("id"))
+            .await
+            .expect("acquire");
+        let new = |id: &str| NewEvent {
+            id: uuid::Uuid::now_v7(),
+            actor: UserId::parse("u").expect("id"),
+            ts: 0,
+            trace: None,
+            payload: EventPayload::ChatMessageSent(ChatMessageSentV1 {
+                client_msg_id: id.into(),
+                text: "x".into(),
+            }),
+        };
+        let req = AppendRequest {
+            stream,
+            epoch,
+            first_seq: Seq(1),
+            events: vec![new("m1"), new("m2"), new("m2")],
+        };
+        assert!(log.append(vec![req]).await.into_iter().all(|r| r.is_ok()));
+        let mut rec = Record::default();
+        let now = tokio::time::Instant::now();
+        rec.chat_acked
+            .insert((0, "m1".into()), (epoch.0, 1, now, now));
+        rec.chat_acked
+            .insert((0, "m9".into()), (epoch.0, 9, now, now));
+        let v = check(&log, &rec, &[], &[], 1).await.expect("check");
+        assert_eq!(v.acked, 2);
+        assert_eq!(v.lost, 1, "m9 was acknowledged and is not in the log");
+        assert_eq!(v.duplicates, 1, "m2 is committed twice");
+        assert!(!v.ok());
+    }
+}

@@ -235,7 +235,6 @@ async fn membership_loop(
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let mut last_renewed = tokio::time::Instant::now();
-    let mut lease_ok = true;
     let mut drained_since: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
@@ -251,18 +250,14 @@ async fn membership_loop(
                             tracing::warn!(shard = %id, stalled, "lease was lost; dropping every key before serving again");
                             own_tx.send_modify(|o| *o = Arc::new(Ownership { ring: o.ring.clone(), serving: false }));
                             handle.retain(Arc::new(|_: &StreamId| false)).await;
-                            lease_ok = true;
                             refresh.notify_one();
                         }
                     }
                     Err(e) => {
+                        // Keep serving: while Redis is unreachable nobody can change the ring, and
+                        // the store's fence keeps a takeover safe anyway. When Redis answers again a
+                        // lapsed lease is reported as lost (above) and every key is dropped then.
                         tracing::warn!(shard = %id, error = %e, "lease renewal failed");
-                        if last_renewed.elapsed() >= lease && lease_ok {
-                            // Self-fence: without a lease, others may own our keys by now.
-                            lease_ok = false;
-                            own_tx.send_modify(|o| *o = Arc::new(Ownership { ring: o.ring.clone(), serving: false }));
-                            handle.retain(Arc::new(|_: &StreamId| false)).await;
-                        }
                     }
                 }
             }
@@ -278,7 +273,7 @@ async fn membership_loop(
         };
         let is_draining = view.draining.contains(id);
         draining.store(is_draining, std::sync::atomic::Ordering::Relaxed);
-        let serving = lease_ok && !is_draining && view.ring.contains(id);
+        let serving = !is_draining && view.ring.contains(id);
         let changed = {
             let cur = own_tx.borrow();
             cur.ring.version() != view.ring.version() || cur.serving != serving
