@@ -111,6 +111,12 @@ pub struct Outcome {
     pub connects: u64,
     /// Chat resumes that could not recover.
     pub resets: u64,
+    /// Faulted keys that never acknowledged anything written after the fault.
+    pub unrecovered: u64,
+    /// Chat clients left with unacknowledged messages (or stuck) after the settle period.
+    pub stuck_clients: u64,
+    /// Events a client never saw although it stayed joined (see `Record::client_gaps`).
+    pub client_gaps: u64,
     /// Appends the store refused for a stale epoch (a fenced-out owner tried to write), from the
     /// shard logs.
     pub fenced_appends: u64,
@@ -119,7 +125,11 @@ pub struct Outcome {
 impl Outcome {
     /// Whether the run passed.
     pub fn ok(&self) -> bool {
-        self.verdict.ok() && self.plan_mismatches == 0
+        self.verdict.ok()
+            && self.plan_mismatches == 0
+            && self.unrecovered == 0
+            && self.stuck_clients == 0
+            && self.client_gaps == 0
     }
 
     /// A percentile of the recovery times (0 when there are none).
@@ -137,7 +147,7 @@ impl Outcome {
     pub fn summary(&self) -> String {
         let v = &self.verdict;
         format!(
-            "acked={} lost={} diverged={} duplicates={} stale_writes={} recovery_p99_ms={:.0} recovery_p50_ms={:.0} gaps={} faults={} acked_messages={} planned_moves={} plan_mismatches={} fenced_appends={} connects={} resets={}",
+            "acked={} lost={} diverged={} duplicates={} stale_writes={} recovery_p99_ms={:.0} recovery_p50_ms={:.0} gaps={} faults={} acked_messages={} planned_moves={} plan_mismatches={} unrecovered={} stuck_clients={} client_gaps={} fenced_appends={} connects={} resets={}",
             v.acked,
             v.lost,
             v.diverged,
@@ -150,6 +160,9 @@ impl Outcome {
             v.acked_messages,
             self.planned_moves,
             self.plan_mismatches,
+            self.unrecovered,
+            self.stuck_clients,
+            self.client_gaps,
             self.fenced_appends,
             self.connects,
             self.resets,
@@ -378,7 +391,10 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Outcome> {
     let rec = std::mem::take(&mut *record.lock().unwrap_or_else(|e| e.into_inner()));
     out.verdict = check(&log, &rec, &writers, &fresh, cfg.rooms).await?;
     log.close().await;
-    out.recovery_ms = recovery(&rec, &faults);
+    let (samples, unrecovered) = recovery(&rec, &faults);
+    out.recovery_ms = samples;
+    out.unrecovered = unrecovered;
+    out.client_gaps = rec.client_gaps;
     out.connects = rec.connects;
     out.resets = rec.resets;
     cluster.stop().await;
@@ -389,9 +405,10 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Outcome> {
 }
 
 /// For every fault and affected key: the time until the first event written after the fault was
-/// acknowledged.
-fn recovery(rec: &Record, faults: &[Fault]) -> Vec<f64> {
+/// acknowledged; and how many affected keys never acknowledged one.
+fn recovery(rec: &Record, faults: &[Fault]) -> (Vec<f64>, u64) {
     let mut out = Vec::new();
+    let mut never = 0;
     for f in faults {
         for d in &f.docs {
             let first = rec
@@ -402,8 +419,9 @@ fn recovery(rec: &Record, faults: &[Fault]) -> Vec<f64> {
                 .filter(|(w, _)| *w >= f.at)
                 .map(|(_, a)| *a)
                 .min();
-            if let Some(a) = first {
-                out.push(a.duration_since(f.at).as_secs_f64() * 1000.0);
+            match first {
+                Some(a) => out.push(a.duration_since(f.at).as_secs_f64() * 1000.0),
+                None => never += 1,
             }
         }
         for r in &f.rooms {
@@ -413,12 +431,13 @@ fn recovery(rec: &Record, faults: &[Fault]) -> Vec<f64> {
                 .filter(|((room, _), (_, _, _, w))| room == r && *w >= f.at)
                 .map(|(_, (_, _, a, _))| *a)
                 .min();
-            if let Some(a) = first {
-                out.push(a.duration_since(f.at).as_secs_f64() * 1000.0);
+            match first {
+                Some(a) => out.push(a.duration_since(f.at).as_secs_f64() * 1000.0),
+                None => never += 1,
             }
         }
     }
-    out
+    (out, never)
 }
 
 /// Checks `tandem ctl ring plan --json` output against where the moved keys are loaded now (via
@@ -434,14 +453,21 @@ async fn compare_plan(cluster: &Cluster, plan: &serde_json::Value) -> anyhow::Re
             Some(("room", id)) => ("room", id),
             _ => continue,
         };
-        let out = cluster.ctl(&[kind, "locate", id]).await?;
-        let loaded: Vec<&str> = out
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("loaded on "))
-            .collect();
+        // Every workload key is in use, so a moved key is reloaded, exactly where the plan said.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let loaded = loop {
+            let out = cluster.ctl(&[kind, "locate", id]).await?;
+            let loaded: Vec<String> = out
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("loaded on ").map(str::to_owned))
+                .collect();
+            if loaded == [to] || Instant::now() >= deadline {
+                break loaded;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
         checked += 1;
-        // A moved key is loaded exactly where the plan said (or nowhere, if no client touched it).
-        if loaded.iter().any(|s| *s != to) {
+        if loaded != [to] {
             bad += 1;
             eprintln!("chaos: {key} planned to move to {to}, loaded on {loaded:?}");
         }

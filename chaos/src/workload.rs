@@ -52,6 +52,8 @@ pub struct Record {
     pub visible_duplicates: u64,
     /// Chat resumes that could not recover (`recovered: false`).
     pub resets: u64,
+    /// A client received an event whose seq skipped past one it never saw (outside a reset).
+    pub client_gaps: u64,
     /// Socket (re)connections made.
     pub connects: u64,
 }
@@ -302,14 +304,15 @@ struct Pending {
     send_at: Option<Instant>,
 }
 
-/// A chat client: joins room `room`, sends messages until `stop`.
+/// A chat client: joins room `room`, sends messages until `stop`, then until every message it sent
+/// is acknowledged; returns how many never were.
 pub async fn chat_client(
     ctx: Ctx,
     room: usize,
     client: usize,
     mut rng: Rng,
     mut stop: watch::Receiver<bool>,
-) {
+) -> usize {
     let room_id = room_name(room);
     let mut last_seq: u64 = 0;
     let mut last_epoch: u64 = 0;
@@ -317,7 +320,8 @@ pub async fn chat_client(
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut n = 0u64;
     let mut backoff = Duration::from_millis(50);
-    while !*stop.borrow() {
+    let mut reset = false;
+    while !*stop.borrow() || !pending.is_empty() {
         let Some((reader, w)) = connect(&ctx, &mut rng, "/v1").await else {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(1000));
@@ -355,15 +359,16 @@ pub async fn chat_client(
                             joined = true;
                             if v.get("recovered") == Some(&Value::Bool(false)) {
                                 lock(&ctx.record).resets += 1;
+                                reset = true;
                             }
                             for e in v["events"].as_array().cloned().unwrap_or_default() {
-                                see(&ctx, room, &e, &mut last_seq, &mut last_epoch, &mut seen);
+                                see(&ctx, room, &e, &mut last_seq, &mut last_epoch, &mut seen, &mut reset);
                             }
                             for p in pending.iter_mut() {
                                 p.send_at = Some(Instant::now());
                             }
                         }
-                        "event" => see(&ctx, room, &v["event"], &mut last_seq, &mut last_epoch, &mut seen),
+                        "event" => see(&ctx, room, &v["event"], &mut last_seq, &mut last_epoch, &mut seen, &mut reset),
                         "ack" => {
                             let id = v["id"].as_str().unwrap_or_default().to_owned();
                             if let Some(i) = pending.iter().position(|p| p.id == id) {
@@ -426,19 +431,15 @@ pub async fn chat_client(
                         if failed { break; }
                     }
                 }
-                _ = stop.changed() => {
-                    if *stop.borrow() && pending.is_empty() {
-                        ws::close(&w).await;
-                        return;
-                    }
-                }
+                _ = stop.changed() => {}
             }
             if *stop.borrow() && pending.is_empty() {
                 ws::close(&w).await;
-                return;
+                return 0;
             }
         }
     }
+    pending.len()
 }
 
 fn see(
@@ -448,11 +449,18 @@ fn see(
     last_seq: &mut u64,
     last_epoch: &mut u64,
     seen: &mut HashMap<String, u64>,
+    reset: &mut bool,
 ) {
     let Some(seq) = e["seq"].as_u64() else { return };
     if seq <= *last_seq {
         return; // a redelivery: the client dedupes by seq
     }
+    // Members see every committed event of the room in order; after a resume, exactly the missed
+    // ones. A jump is an event this client never saw (unless resume said it could not recover).
+    if *last_seq > 0 && seq != *last_seq + 1 && !*reset {
+        lock(&ctx.record).client_gaps += 1;
+    }
+    *reset = false;
     *last_seq = seq;
     *last_epoch = e["epoch"].as_u64().unwrap_or(*last_epoch);
     if e["type"] != "chat.message.sent" {

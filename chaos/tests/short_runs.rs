@@ -43,6 +43,19 @@ fn short(scenario: Scenario, seed: u64) {
         "too little was acknowledged to mean anything"
     );
     assert!(out.verdict.acked_messages > 10, "no chat got through");
+    assert!(
+        !out.recovery_ms.is_empty(),
+        "nothing was acknowledged after a fault"
+    );
+    if scenario == Scenario::ShardPause {
+        assert!(
+            out.fenced_appends > 0,
+            "the woken zombie never tried to write (the fence was not exercised)"
+        );
+    }
+    if scenario == Scenario::Drain {
+        assert!(out.planned_moves > 0, "the plan moved nothing");
+    }
     assert!(out.ok(), "{}", out.summary());
 }
 

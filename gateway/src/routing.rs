@@ -17,6 +17,8 @@ pub struct Routes {
     /// How long a connection waits for its key's owner to become reachable (the ring to settle
     /// after a shard failure) before it is refused.
     wait: Duration,
+    /// A cluster gateway (the table follows membership) rather than `tandem dev`'s fixed table.
+    cluster: bool,
 }
 
 struct Table {
@@ -28,7 +30,9 @@ impl Routes {
     /// A table over in-process shards, all of weight 1.
     pub fn new(shards: Vec<ShardHandle>) -> Self {
         let ring = Ring::uniform(1, shards.iter().map(|s| s.id().clone()));
-        Self::with_ring(ring, shards, Duration::ZERO)
+        let mut r = Self::with_ring(ring, shards, Duration::ZERO);
+        r.cluster = false;
+        r
     }
 
     /// A table over `ring` and the handles of its members; connections wait up to `wait` for an
@@ -38,6 +42,7 @@ impl Routes {
         Self {
             table: Arc::new(RwLock::new(Table { ring, shards })),
             wait,
+            cluster: true,
         }
     }
 
@@ -87,6 +92,18 @@ impl Routes {
     /// The owner of `room` (see [`Routes::owner`]).
     pub async fn shard_for_room(&self, room: &RoomId) -> Option<ShardHandle> {
         self.owner(&StreamId::Room(room.clone()).key()).await
+    }
+
+    /// `/healthz`: in `tandem dev`, every in-process shard runs; in a cluster, the ring is not empty
+    /// and at least one shard is reachable (one dead shard is the cluster's business, not a reason
+    /// for a load balancer to drop every gateway).
+    pub fn healthy(&self) -> bool {
+        let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+        if self.cluster {
+            !t.ring.members().is_empty() && t.shards.values().any(ShardHandle::is_alive)
+        } else {
+            t.shards.values().all(ShardHandle::is_alive)
+        }
     }
 
     /// Every shard handle.

@@ -91,10 +91,10 @@ impl Gateway {
         let path = req.uri().path().to_owned();
         match (req.method(), path.as_str()) {
             (&Method::GET, "/healthz") => {
-                if self.routes.shards().iter().all(|s| s.is_alive()) {
+                if self.routes.healthy() {
                     text(200, "ok\n", "text/plain")
                 } else {
-                    text(503, "a shard is down\n", "text/plain")
+                    text(503, "no shard available\n", "text/plain")
                 }
             }
             (&Method::GET, "/metrics") => {

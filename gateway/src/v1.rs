@@ -108,6 +108,17 @@ async fn release(conn: ConnId, registry: &Mutex<Registry>) {
     }
 }
 
+/// Records that the socket sends room requests to `shard`; returns an earlier handle for the same
+/// shard id that reached it another way (an old link, since replaced): it must be told the socket is
+/// gone from it.
+fn remember_shard(registry: &Mutex<Registry>, shard: &ShardHandle) -> Option<ShardHandle> {
+    let mut r = registry.lock().unwrap_or_else(|e| e.into_inner());
+    match r.room_shards.insert(shard.id().clone(), shard.clone()) {
+        Some(old) if !old.same(shard) => Some(old),
+        _ => None,
+    }
+}
+
 fn send_json(sink: &ConnSink, v: &Value) {
     if !sink.try_send_text(serde_json::to_vec(v).unwrap_or_default().into()) {
         sink.kill(1008);
@@ -416,12 +427,10 @@ impl V1Inbound {
             .shard_for_room(&room)
             .await
             .ok_or_else(|| refuse("unavailable", "no shard for this room"))?;
-        self.registry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .room_shards
-            .entry(shard.id().clone())
-            .or_insert_with(|| shard.clone());
+        let replaced = remember_shard(&self.registry, &shard);
+        if let Some(old) = replaced {
+            Box::pin(old.room_close(self.conn)).await;
+        }
         let permit = self
             .history_slots
             .clone()
@@ -519,13 +528,13 @@ impl V1Inbound {
         } else {
             None
         };
+        if let Some(s) = &fresh {
+            if let Some(old) = remember_shard(&self.registry, s) {
+                Box::pin(old.room_close(self.conn)).await;
+            }
+        }
         let shard = {
             let mut r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(s) = &fresh {
-                r.room_shards
-                    .entry(s.id().clone())
-                    .or_insert_with(|| s.clone());
-            }
             match (fresh, r.rooms.get(&room).cloned()) {
                 (Some(s), Some(_)) => {
                     r.rooms.insert(room.clone(), s.clone());

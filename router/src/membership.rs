@@ -71,6 +71,9 @@ if cur == ARGV[1] then
   redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
   return 1
 end
+if cur then
+  return 2
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
 return 0
@@ -126,6 +129,17 @@ pub struct Membership {
     release: redis::Script,
 }
 
+/// What a renewal found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    /// Still ours; extended.
+    Held,
+    /// It had lapsed (or never existed); taken afresh.
+    Taken,
+    /// Another process (same shard id, different token) holds it.
+    Conflict,
+}
+
 /// Errors talking to Redis.
 pub type Error = redis::RedisError;
 
@@ -152,15 +166,16 @@ impl Membership {
         format!("{}:{name}", self.prefix)
     }
 
-    /// Takes or renews `info.id`'s lease (`token` identifies this process). Returns `true` when the
-    /// lease was still held, `false` when it had lapsed (or never existed) and was taken afresh: a
-    /// shard that sees `false` after having served must assume others took its keys over.
+    /// Takes or renews `info.id`'s lease (`token` identifies this process): [`Lease::Held`] when
+    /// it was still ours, [`Lease::Taken`] when it had lapsed (or never existed) and was taken afresh
+    /// (a shard that served before must assume others took its keys over), [`Lease::Conflict`] when
+    /// another process holds it (a second process with the same id; nothing is changed).
     pub async fn renew(
         &self,
         info: &MemberInfo,
         token: &str,
         lease: Duration,
-    ) -> Result<bool, Error> {
+    ) -> Result<Lease, Error> {
         let json = serde_json::to_string(info).unwrap_or_default();
         let mut conn = self.conn.clone();
         let held: i64 = self
@@ -173,7 +188,11 @@ impl Membership {
             .arg(json)
             .invoke_async(&mut conn)
             .await?;
-        Ok(held == 1)
+        Ok(match held {
+            1 => Lease::Held,
+            2 => Lease::Conflict,
+            _ => Lease::Taken,
+        })
     }
 
     /// Gives the lease up (a clean exit): the shard leaves the ring at once.

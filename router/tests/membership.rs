@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use proto::ShardId;
-use router::membership::{MemberInfo, Membership};
+use router::membership::{Lease, MemberInfo, Membership};
 
 fn redis_url() -> String {
     std::env::var("TANDEM_TEST_REDIS_URL").unwrap_or("redis://127.0.0.1:6379".into())
@@ -34,11 +34,30 @@ async fn processes_agree_on_a_versioned_ring_and_expired_leases_leave_it() {
     let long = Duration::from_secs(30);
 
     // First registration: no lease was held.
-    assert!(!a.renew(&info("s1", "1"), "t1", long).await.expect("renew"));
-    assert!(!a.renew(&info("s2", "2"), "t2", long).await.expect("renew"));
-    assert!(!a.renew(&info("s3", "1"), "t3", lease).await.expect("renew"));
+    assert_eq!(
+        a.renew(&info("s1", "1"), "t1", long).await.expect("renew"),
+        Lease::Taken
+    );
+    assert_eq!(
+        a.renew(&info("s2", "2"), "t2", long).await.expect("renew"),
+        Lease::Taken
+    );
+    assert_eq!(
+        a.renew(&info("s3", "1"), "t3", lease).await.expect("renew"),
+        Lease::Taken
+    );
     // Renewing with the same token: still held.
-    assert!(a.renew(&info("s1", "1"), "t1", long).await.expect("renew"));
+    assert_eq!(
+        a.renew(&info("s1", "1"), "t1", long).await.expect("renew"),
+        Lease::Held
+    );
+    // A second process with the same id cannot take a live lease.
+    assert_eq!(
+        b.renew(&info("s1", "1"), "other", long)
+            .await
+            .expect("renew"),
+        Lease::Conflict
+    );
 
     let va = a.sync().await.expect("sync");
     let vb = b.sync().await.expect("sync");
@@ -58,7 +77,10 @@ async fn processes_agree_on_a_versioned_ring_and_expired_leases_leave_it() {
     assert!(v.ring.version() > va.ring.version());
     assert!(v.info(&ShardId::parse("s3").expect("id")).is_none());
     // A process whose lease lapsed learns it on its next renewal.
-    assert!(!a.renew(&info("s3", "1"), "t3", long).await.expect("renew"));
+    assert_eq!(
+        a.renew(&info("s3", "1"), "t3", long).await.expect("renew"),
+        Lease::Taken
+    );
 
     // Draining keeps the member registered but out of the ring.
     let s2 = ShardId::parse("s2").expect("id");

@@ -355,6 +355,15 @@ impl ShardHandle {
         }
     }
 
+    /// Whether both handles reach the shard the same way (the same driver, or the same link).
+    pub fn same(&self, other: &ShardHandle) -> bool {
+        match (&self.inner, &other.inner) {
+            (Inner::Local(a), Inner::Local(b)) => a.same_channel(b),
+            (Inner::Remote(a), Inner::Remote(b)) => a.same(b),
+            _ => false,
+        }
+    }
+
     /// Whether the shard's driver is still running (remote: whether the link is up).
     pub fn is_alive(&self) -> bool {
         match &self.inner {
@@ -490,6 +499,7 @@ pub fn spawn(
         append_tx,
         batch: Vec::new(),
         shutdown: None,
+        owns: None,
     };
     tokio::spawn(driver.run(rx));
     ShardHandle {
@@ -553,6 +563,9 @@ struct Driver {
     batch: Vec<AppendItem>,
     shutdown: Option<oneshot::Sender<()>>,
     retain_events: Option<u64>,
+    /// The latest ownership predicate (`retain`): opens and room requests for keys this shard does
+    /// not own are refused, also when they were checked against an older ring before reaching here.
+    owns: Option<Owns>,
 }
 
 impl Driver {
@@ -600,6 +613,14 @@ impl Driver {
                 can_write,
                 sink,
             } => {
+                if self
+                    .owns
+                    .as_ref()
+                    .is_some_and(|o| !o(&StreamId::Doc(doc.clone())))
+                {
+                    sink.close(1012, "not the owner, reconnect");
+                    return;
+                }
                 self.sinks.insert(conn, sink);
                 self.core.handle_open(now, conn, doc, actor, can_write);
             }
@@ -652,7 +673,20 @@ impl Driver {
                     req,
                     sink,
                 } = *cmd;
+                let owned = self
+                    .owns
+                    .as_ref()
+                    .is_none_or(|o| o(&StreamId::Room(room.clone())));
                 match req {
+                    RoomCall::Request(_) if !owned => {
+                        let v = serde_json::json!({
+                            "t": "error", "id": rid, "room": room, "code": "unavailable",
+                            "message": "the room is moving to another shard, retry"
+                        });
+                        if !sink.try_send_text(serde_json::to_vec(&v).unwrap_or_default().into()) {
+                            sink.kill(1008);
+                        }
+                    }
                     RoomCall::Request(req) => {
                         self.room_sinks.entry(conn).or_insert(sink);
                         self.rooms
@@ -689,6 +723,7 @@ impl Driver {
                 self.core.handle_snapshot_written(now, &doc, result);
             }
             Cmd::Retain { owns, done } => {
+                self.owns = Some(owns.clone());
                 for doc in self.core.doc_ids() {
                     if !owns(&StreamId::Doc(doc.clone())) {
                         self.core.handle_release(now, &doc);

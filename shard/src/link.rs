@@ -31,6 +31,12 @@ use crate::driver::{ConnOut, ConnSink, RoomCall, RoomCmd, ShardHandle};
 use crate::room::{RoomAccess, RoomRequest};
 use crate::ConnId;
 
+/// How often a gateway pings each link.
+pub const PING_EVERY: Duration = Duration::from_secs(2);
+
+/// A link with no frame for this long is dropped (by either side).
+pub const LINK_TIMEOUT: Duration = Duration::from_secs(6);
+
 /// Largest frame accepted on a link (a document message is bounded far below this by the gateway).
 pub const MAX_FRAME: usize = 64 << 20;
 
@@ -320,11 +326,17 @@ async fn serve_link(
     let mut rooms: HashMap<u64, ConnId> = HashMap::new();
     let history = Arc::new(Semaphore::new(cfg.max_history_in_flight.max(1)));
     loop {
-        let frame = match read_frame(&mut r).await {
-            Ok(Some(f)) => f,
-            Ok(None) => break,
-            Err(e) => {
+        // Gateways ping every PING_EVERY: a link silent for LINK_TIMEOUT is dead (a vanished host
+        // sends no reset), and its sessions end.
+        let frame = match tokio::time::timeout(LINK_TIMEOUT, read_frame(&mut r)).await {
+            Ok(Ok(Some(f))) => f,
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => {
                 tracing::warn!(%peer, error = %e, "gateway link failed");
+                break;
+            }
+            Err(_) => {
+                tracing::warn!(%peer, "gateway link silent for {LINK_TIMEOUT:?}; dropping it");
                 break;
             }
         };
@@ -403,11 +415,27 @@ async fn serve_link(
                         before,
                         after,
                         limit,
-                    } => RoomCall::History {
-                        before,
-                        after,
-                        limit,
-                        permit: history.clone().acquire_owned().await.ok(),
+                    } => match history.clone().try_acquire_owned() {
+                        Ok(permit) => RoomCall::History {
+                            before,
+                            after,
+                            limit,
+                            permit: Some(permit),
+                        },
+                        // Never wait here: the reader serves every session of the link.
+                        Err(_) => {
+                            let e = serde_json::json!({
+                                "t": "error", "id": w.rid, "room": w.room, "code": "limit",
+                                "message": "too many history requests in flight, retry"
+                            });
+                            out.send(
+                                kind::TEXT,
+                                session,
+                                &serde_json::to_vec(&e).unwrap_or_default(),
+                                true,
+                            );
+                            continue;
+                        }
                     },
                 };
                 let cmd = RoomCmd {
@@ -463,7 +491,7 @@ async fn owns(
     refresh: &tokio::sync::Notify,
 ) -> bool {
     let (mine, version) = {
-        let o = own.borrow();
+        let o = own.borrow_and_update();
         (o.owns(me, key), o.ring.version())
     };
     if mine || gateway_ring <= version {
@@ -501,6 +529,8 @@ struct ClientInner {
     /// The gateway's ring version, sent with every open.
     ring: AtomicU64,
     stopped: AtomicBool,
+    /// Wakes the link's reader when the link is stopped.
+    stop_notify: tokio::sync::Notify,
     /// Notified when the shard reports a newer ring.
     on_ring_hint: Arc<tokio::sync::Notify>,
 }
@@ -526,6 +556,7 @@ impl LinkClient {
             }),
             ring: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
+            stop_notify: tokio::sync::Notify::new(),
             on_ring_hint,
         });
         tokio::spawn(connect_loop(inner.clone()));
@@ -535,6 +566,11 @@ impl LinkClient {
     /// The shard.
     pub fn shard(&self) -> &ShardId {
         &self.inner.shard
+    }
+
+    /// Whether both are the same link (not only the same shard id).
+    pub fn same(&self, other: &LinkClient) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// Updates the address (a restarted shard may listen elsewhere).
@@ -560,6 +596,7 @@ impl LinkClient {
     /// Stops the link for good (the shard left the membership): every session ends.
     pub fn stop(&self) {
         self.inner.stopped.store(true, Ordering::Relaxed);
+        self.inner.stop_notify.notify_waiters();
         let (tx, sessions) = {
             let mut st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
             (st.tx.take(), std::mem::take(&mut st.sessions))
@@ -690,7 +727,9 @@ impl LinkClient {
     pub(crate) async fn close(&self, conn: ConnId) {
         self.forget(conn.0);
         if let Some(tx) = self.sender() {
-            let _ = tx.send(encode(kind::CLOSE, conn.0, &[])).await;
+            // Bounded: a congested link is dropped by the ping timeout, which ends the session too.
+            let _ =
+                tokio::time::timeout(LINK_TIMEOUT, tx.send(encode(kind::CLOSE, conn.0, &[]))).await;
         }
     }
 
@@ -704,6 +743,13 @@ impl LinkClient {
             req,
             sink,
         } = cmd;
+        // The session carries the rooms it joined (for re-routing and link loss); other requests
+        // only need the session registered (replies come back on it).
+        let (joins, leaves) = match &req {
+            RoomCall::Request(RoomRequest::Join { .. }) => (true, false),
+            RoomCall::Request(RoomRequest::Leave) => (false, true),
+            _ => (false, false),
+        };
         let (call, permit) = match req {
             RoomCall::Request(req) => (CallWire::Request { req }, None),
             RoomCall::History {
@@ -732,16 +778,33 @@ impl LinkClient {
             ring: self.inner.ring.load(Ordering::Relaxed),
         })
         .unwrap_or_default();
-        let Some(tx) = self.register(conn.0, sink, Carries::Rooms(BTreeSet::from([room]))) else {
+        let rooms = if joins {
+            BTreeSet::from([room.clone()])
+        } else {
+            BTreeSet::new()
+        };
+        let Some(tx) = self.register(conn.0, sink, Carries::Rooms(rooms)) else {
             return false;
         };
+        if leaves {
+            let mut st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(Session {
+                carries: Carries::Rooms(set),
+                ..
+            }) = st.sessions.get_mut(&conn.0)
+            {
+                set.remove(&room);
+            }
+        }
         tx.send(encode(kind::ROOM, conn.0, &payload)).await.is_ok()
     }
 
     pub(crate) async fn room_close(&self, conn: ConnId) {
         self.forget(conn.0);
         if let Some(tx) = self.sender() {
-            let _ = tx.send(encode(kind::ROOM_CLOSE, conn.0, &[])).await;
+            let _ =
+                tokio::time::timeout(LINK_TIMEOUT, tx.send(encode(kind::ROOM_CLOSE, conn.0, &[])))
+                    .await;
         }
     }
 }
@@ -751,7 +814,8 @@ fn end_all(sessions: HashMap<u64, Session>, reason: &str) {
         match s.carries {
             Carries::Doc(_) => s.sink.close(1012, reason),
             // The socket's rooms lived on this shard: the client reconnects and resumes them.
-            Carries::Rooms(_) => s.sink.close_socket(1012, reason),
+            Carries::Rooms(rooms) if !rooms.is_empty() => s.sink.close_socket(1012, reason),
+            Carries::Rooms(_) => {}
         }
     }
 }
@@ -775,7 +839,7 @@ async fn connect_loop(inner: Arc<ClientInner>) {
         let (r, w) = stream.into_split();
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4096);
         inner.state.lock().unwrap_or_else(|e| e.into_inner()).tx = Some(tx.clone());
-        // Writer: gateway → shard, batched; pings keep a half-dead link from hanging forever.
+        // Writer: gateway → shard, batched.
         let writer = tokio::spawn(async move {
             let mut w = BufWriter::with_capacity(64 << 10, w);
             while let Some(frame) = rx.recv().await {
@@ -792,7 +856,23 @@ async fn connect_loop(inner: Arc<ClientInner>) {
                 }
             }
         });
-        read_link(&inner, r, &tx).await;
+        let pinger = {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(PING_EVERY);
+                loop {
+                    tick.tick().await;
+                    if tx.send(encode(kind::PING, 0, &[])).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+        tokio::select! {
+            _ = read_link(&inner, r, &tx) => {}
+            _ = inner.stop_notify.notified() => {}
+        }
+        pinger.abort();
         writer.abort();
         let sessions = {
             let mut st = inner.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -813,11 +893,16 @@ async fn read_link(
 ) {
     let mut r = tokio::io::BufReader::with_capacity(64 << 10, r);
     loop {
-        let frame = match read_frame(&mut r).await {
-            Ok(Some(f)) => f,
-            Ok(None) => return,
-            Err(e) => {
+        // The shard answers every ping: silence means a dead or stopped (SIGSTOP) shard.
+        let frame = match tokio::time::timeout(LINK_TIMEOUT, read_frame(&mut r)).await {
+            Ok(Ok(Some(f))) => f,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
                 tracing::warn!(shard = %inner.shard, error = %e, "link read failed");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(shard = %inner.shard, "link silent for {LINK_TIMEOUT:?}; dropping it");
                 return;
             }
         };

@@ -12,7 +12,7 @@ use gateway::{Gateway, Routes};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use proto::{ShardId, StreamId};
-use router::membership::{MemberInfo, Membership, View};
+use router::membership::{Lease, MemberInfo, Membership, View};
 use router::Ring;
 use shard::link::{LinkClient, Ownership, ServerConfig};
 use shard::metrics::Metrics;
@@ -173,18 +173,33 @@ pub async fn run_shard(o: ShardOpts) -> anyhow::Result<()> {
     };
     let token = uuid::Uuid::now_v7().to_string();
     let lease = Duration::from_millis(o.lease_ms);
-    membership
-        .renew(&info, &token, lease)
-        .await
-        .context("registering with Redis")?;
+    // A predecessor with this id that crashed holds its lease until it lapses: wait for that.
+    let deadline = tokio::time::Instant::now() + lease * 4;
+    loop {
+        match membership
+            .renew(&info, &token, lease)
+            .await
+            .context("registering with Redis")?
+        {
+            Lease::Held | Lease::Taken => break,
+            Lease::Conflict if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(lease / 4).await;
+            }
+            Lease::Conflict => {
+                bail!("another live process holds shard id {id}'s lease; shard ids must be unique")
+            }
+        }
+    }
+    // A restart means the operator wants this shard serving: a drain mark left by an unfinished
+    // drain is cleared.
+    membership.set_draining(&id, false).await?;
     println!("tandem shard {id}: link on {link_addr}, admin on http://{admin_addr}");
     tracing::info!(shard = %id, link = %link_addr, admin = %admin_addr, "shard registered");
+    let leases = spawn_renewal(membership.clone(), info.clone(), token.clone(), lease);
     let exit = membership_loop(
         &id,
         &membership,
-        &info,
-        &token,
-        lease,
+        leases,
         Duration::from_millis(o.cluster.ring_poll_ms.max(10)),
         &handle,
         &own_tx,
@@ -205,7 +220,68 @@ pub async fn run_shard(o: ShardOpts) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     store.close().await;
     tracing::info!(shard = %id, ?exit, "shard stopped");
+    if matches!(exit, Exit::Replaced) {
+        bail!("another process took shard id {id}'s lease; this one stopped");
+    }
     Ok(())
+}
+
+/// What the renewal task reports.
+#[derive(Debug)]
+enum LeaseEvent {
+    /// The lease lapsed (or this process was paused longer than it): others may own our keys.
+    Lost,
+    /// Another process holds this id's lease.
+    Replaced,
+}
+
+/// Renews the lease every third of it, on its own task (so that a busy driver never delays it).
+fn spawn_renewal(
+    membership: Membership,
+    info: MemberInfo,
+    token: String,
+    lease: Duration,
+) -> tokio::sync::mpsc::Receiver<LeaseEvent> {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(lease / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = tokio::time::Instant::now();
+        loop {
+            tick.tick().await;
+            // Taken before the request: the lease runs from when Redis saw it, not from the reply.
+            let sent = tokio::time::Instant::now();
+            let stalled = sent.duration_since(last) >= lease;
+            let event = match membership.renew(&info, &token, lease).await {
+                Ok(Lease::Held) => {
+                    last = sent;
+                    stalled.then_some(LeaseEvent::Lost)
+                }
+                Ok(Lease::Taken) => {
+                    last = sent;
+                    Some(LeaseEvent::Lost)
+                }
+                Ok(Lease::Conflict) => Some(LeaseEvent::Replaced),
+                Err(e) => {
+                    // Keep serving: while Redis is unreachable nobody can change the ring, and the
+                    // store's fence keeps a takeover safe anyway. When Redis answers again a lapsed
+                    // lease comes back as `Taken` and every key is dropped then.
+                    tracing::warn!(shard = %info.id, error = %e, "lease renewal failed");
+                    None
+                }
+            };
+            let replaced = matches!(event, Some(LeaseEvent::Replaced));
+            if let Some(e) = event {
+                if tx.send(e).await.is_err() {
+                    return;
+                }
+            }
+            if replaced {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// Why a shard's membership loop ended.
@@ -213,53 +289,37 @@ pub async fn run_shard(o: ShardOpts) -> anyhow::Result<()> {
 enum Exit {
     Signal,
     Drained,
+    Replaced,
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn membership_loop(
     id: &ShardId,
     membership: &Membership,
-    info: &MemberInfo,
-    token: &str,
-    lease: Duration,
+    mut leases: tokio::sync::mpsc::Receiver<LeaseEvent>,
     poll: Duration,
     handle: &ShardHandle,
     own_tx: &watch::Sender<Arc<Ownership>>,
     refresh: &Notify,
     draining: &std::sync::atomic::AtomicBool,
 ) -> Exit {
-    let mut renew = tokio::time::interval(lease / 3);
-    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sync = tokio::time::interval(poll);
     sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
-    let mut last_renewed = tokio::time::Instant::now();
     let mut drained_since: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = &mut shutdown => return Exit::Signal,
-            _ = renew.tick() => {
-                // A pause (SIGSTOP, a long GC-like stall) longer than the lease means others may have
-                // taken our keys: drop everything before serving again, whatever Redis says.
-                let stalled = last_renewed.elapsed() >= lease;
-                match membership.renew(info, token, lease).await {
-                    Ok(held) => {
-                        last_renewed = tokio::time::Instant::now();
-                        if !held || stalled {
-                            tracing::warn!(shard = %id, stalled, "lease was lost; dropping every key before serving again");
-                            own_tx.send_modify(|o| *o = Arc::new(Ownership { ring: o.ring.clone(), serving: false }));
-                            handle.retain(Arc::new(|_: &StreamId| false)).await;
-                            refresh.notify_one();
-                        }
-                    }
-                    Err(e) => {
-                        // Keep serving: while Redis is unreachable nobody can change the ring, and
-                        // the store's fence keeps a takeover safe anyway. When Redis answers again a
-                        // lapsed lease is reported as lost (above) and every key is dropped then.
-                        tracing::warn!(shard = %id, error = %e, "lease renewal failed");
-                    }
+            ev = leases.recv() => {
+                let replaced = matches!(ev, Some(LeaseEvent::Replaced) | None);
+                tracing::warn!(shard = %id, ?ev, "lease lost; dropping every key before serving again");
+                own_tx.send_modify(|o| *o = Arc::new(Ownership { ring: o.ring.clone(), serving: false }));
+                handle.retain(Arc::new(|_: &StreamId| false)).await;
+                if replaced {
+                    return Exit::Replaced;
                 }
+                refresh.notify_one();
             }
             _ = sync.tick() => {}
             _ = refresh.notified() => {}
