@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use proto::ShardId;
 use tokio::process::{Child, Command};
 
-use crate::services::{free_port, signal};
+use crate::services::{free_port, signal, wait_port};
 
 /// Finds the `tandem` binary next to this one (same profile), building it when missing.
 pub fn tandem_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -308,21 +308,5 @@ impl Cluster {
                 s.term(Duration::from_secs(10)).await;
             }
         }
-    }
-}
-
-async fn wait_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("nothing listens on 127.0.0.1:{port} after {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(30)).await;
     }
 }

@@ -15,7 +15,8 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-async fn wait_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
+/// Waits until something accepts TCP connections on 127.0.0.1:`port`.
+pub async fn wait_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
