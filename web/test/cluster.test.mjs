@@ -15,7 +15,11 @@ describe('cluster', () => {
   let cluster
   const providers = []
   after(async () => {
-    for (const p of providers) { try { p.destroy() } catch {} }
+    // Destroying the docs too: a Y.Doc's awareness keeps an interval timer until its doc is destroyed.
+    for (const { doc, p } of providers) {
+      try { p.destroy() } catch {}
+      try { doc.destroy() } catch {}
+    }
     if (cluster) await cluster.stop()
   })
   afterEach((t) => { if (t.passed === false && cluster) console.error(cluster.logs().slice(-20_000)) })
@@ -24,7 +28,7 @@ describe('cluster', () => {
     const token = await mintToken({ secret: SECRET, sub, grants: ['*=write'] })
     const doc = new Y.Doc()
     const p = makeProvider(gateway.url, docId, doc, { params: { token } })
-    providers.push(p)
+    providers.push({ doc, p })
     return { doc, p }
   }
 
