@@ -679,11 +679,13 @@ impl Driver {
                     .is_none_or(|o| o(&StreamId::Room(room.clone())));
                 match req {
                     RoomCall::Request(_) if !owned => {
-                        let v = serde_json::json!({
-                            "t": "error", "id": rid, "room": room, "code": "unavailable",
-                            "message": "the room is moving to another shard, retry"
-                        });
-                        if !sink.try_send_text(serde_json::to_vec(&v).unwrap_or_default().into()) {
+                        let msg = crate::room::error_frame(
+                            rid.as_deref(),
+                            &room,
+                            "unavailable",
+                            crate::link::ROOM_MOVING,
+                        );
+                        if !sink.try_send_text(msg.into()) {
                             sink.kill(1008);
                         }
                     }

@@ -28,8 +28,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::driver::{ConnOut, ConnSink, RoomCall, RoomCmd, ShardHandle};
-use crate::room::{RoomAccess, RoomRequest};
+use crate::room::{error_frame, RoomAccess, RoomRequest};
 use crate::ConnId;
+
+/// The message of the `unavailable` error a room request gets from a shard that no longer owns it.
+pub const ROOM_MOVING: &str = "the room is moving to another shard, retry";
 
 /// How often a gateway pings each link.
 pub const PING_EVERY: Duration = Duration::from_secs(2);
@@ -390,16 +393,8 @@ async fn serve_link(
                 let key = StreamId::Room(w.room.clone());
                 if !owns(&cfg.shard, &key, w.ring, &mut own, &refresh).await {
                     send_ring_hint(&out, &own);
-                    let e = serde_json::json!({
-                        "t": "error", "id": w.rid, "room": w.room, "code": "unavailable",
-                        "message": "the room is moving to another shard, retry"
-                    });
-                    out.send(
-                        kind::TEXT,
-                        session,
-                        &serde_json::to_vec(&e).unwrap_or_default(),
-                        true,
-                    );
+                    let e = error_frame(w.rid.as_deref(), &w.room, "unavailable", ROOM_MOVING);
+                    out.send(kind::TEXT, session, &e, true);
                     continue;
                 }
                 let conn = *rooms
@@ -424,16 +419,13 @@ async fn serve_link(
                         },
                         // Never wait here: the reader serves every session of the link.
                         Err(_) => {
-                            let e = serde_json::json!({
-                                "t": "error", "id": w.rid, "room": w.room, "code": "limit",
-                                "message": "too many history requests in flight, retry"
-                            });
-                            out.send(
-                                kind::TEXT,
-                                session,
-                                &serde_json::to_vec(&e).unwrap_or_default(),
-                                true,
+                            let e = error_frame(
+                                w.rid.as_deref(),
+                                &w.room,
+                                "limit",
+                                "too many history requests in flight on this shard, retry",
                             );
+                            out.send(kind::TEXT, session, &e, true);
                             continue;
                         }
                     },
@@ -524,6 +516,7 @@ struct State {
 
 struct ClientInner {
     shard: ShardId,
+    queue_frames: usize,
     addr: Mutex<String>,
     state: Mutex<State>,
     /// The gateway's ring version, sent with every open.
@@ -545,9 +538,16 @@ pub struct LinkClient {
 }
 
 impl LinkClient {
-    /// Starts linking to `shard` at `addr`.
-    pub fn start(shard: ShardId, addr: String, on_ring_hint: Arc<tokio::sync::Notify>) -> Self {
+    /// Starts linking to `shard` at `addr`; at most `queue_frames` frames wait to be written to it
+    /// (a client's reader waits beyond that).
+    pub fn start(
+        shard: ShardId,
+        addr: String,
+        queue_frames: usize,
+        on_ring_hint: Arc<tokio::sync::Notify>,
+    ) -> Self {
         let inner = Arc::new(ClientInner {
+            queue_frames: queue_frames.max(1),
             shard,
             addr: Mutex::new(addr),
             state: Mutex::new(State {
@@ -837,7 +837,7 @@ async fn connect_loop(inner: Arc<ClientInner>) {
         let _ = stream.set_nodelay(true);
         tracing::info!(shard = %inner.shard, %addr, "link up");
         let (r, w) = stream.into_split();
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4096);
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(inner.queue_frames);
         inner.state.lock().unwrap_or_else(|e| e.into_inner()).tx = Some(tx.clone());
         // Writer: gateway → shard, batched.
         let writer = tokio::spawn(async move {

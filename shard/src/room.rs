@@ -1296,6 +1296,15 @@ impl RoomCore {
     }
 }
 
+/// A room `error` frame (`{"t":"error","id":…,"room":…,"code":…,"message":…}`), for refusals made
+/// outside the room core (ownership checks, link limits).
+pub fn error_frame(rid: Option<&str>, room: &RoomId, code: &str, message: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "t": "error", "id": rid, "room": room, "code": code, "message": message
+    }))
+    .unwrap_or_default()
+}
+
 /// The newest `limit` events of a room's stream from its snapshot (which holds the window) and tail,
 /// oldest first: the newest history page without reading the whole stream.
 pub fn newest_events(loaded: &Loaded, limit: usize) -> Result<Vec<Event>, StoreError> {

@@ -47,7 +47,7 @@ async fn shard(id: &ShardId, serving: bool) -> Shard {
 }
 
 async fn linked(id: &ShardId, addr: &str) -> ShardHandle {
-    let link = LinkClient::start(id.clone(), addr.to_owned(), Arc::new(Notify::new()));
+    let link = LinkClient::start(id.clone(), addr.to_owned(), 64, Arc::new(Notify::new()));
     for _ in 0..200 {
         if link.is_connected() {
             return ShardHandle::remote(id.clone(), link);
@@ -161,4 +161,51 @@ async fn a_dropped_link_ends_its_sessions_and_reconnects() {
         .await
         .expect("reconnected in time")
         .expect("task");
+}
+
+#[tokio::test]
+async fn bad_link_input_drops_only_that_link_or_session() {
+    use shard::link::{encode, kind, read_frame};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let id = ShardId::parse("s1").expect("valid");
+    let s = shard(&id, true).await;
+    // An impossible length: the shard drops that link (EOF for the peer), nothing else.
+    let mut bad = tokio::net::TcpStream::connect(&s.addr)
+        .await
+        .expect("connect");
+    bad.write_all(&u32::MAX.to_be_bytes()).await.expect("write");
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), bad.read(&mut buf))
+        .await
+        .expect("dropped in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the link is closed");
+    // A malformed OPEN ends only its session (1002); the link keeps serving.
+    let mut raw = tokio::net::TcpStream::connect(&s.addr)
+        .await
+        .expect("connect");
+    raw.write_all(&encode(kind::OPEN, 9, b"{not json"))
+        .await
+        .expect("write");
+    raw.write_all(&encode(kind::PING, 0, &[]))
+        .await
+        .expect("write");
+    let (k, session, payload) = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut raw))
+        .await
+        .expect("answered")
+        .expect("io")
+        .expect("frame");
+    assert_eq!((k, session), (kind::END, 9));
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1002);
+    let (k, _, _) = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut raw))
+        .await
+        .expect("answered")
+        .expect("io")
+        .expect("frame");
+    assert_eq!(k, kind::PONG, "the same link still answers");
+    // And a proper client still syncs.
+    let h = linked(&id, &s.addr).await;
+    let (sink, mut q) = ConnSink::new(64, 1 << 20);
+    assert!(h.open(ConnId(1), doc(), user(), true, sink).await);
+    assert!(matches!(next(&mut q).await, ConnOut::Frame(_)));
 }

@@ -57,6 +57,9 @@ pub struct ShardOpts {
     /// Bytes queued towards one gateway before its slowest sessions are dropped.
     #[arg(long, env = "TANDEM_MAX_LINK_BYTES", default_value_t = 256 << 20)]
     pub max_link_bytes: usize,
+    /// Room history reads in flight per gateway link; more get a `limit` error.
+    #[arg(long, env = "TANDEM_LINK_HISTORY_IN_FLIGHT", default_value_t = 64)]
+    pub link_history_in_flight: usize,
     #[command(flatten)]
     pub cluster: ClusterOpts,
     #[command(flatten)]
@@ -69,6 +72,9 @@ pub struct GatewayOpts {
     /// How long a connection waits for its key's owner to be reachable (ms) before it is refused.
     #[arg(long, env = "TANDEM_ROUTE_WAIT_MS", default_value_t = 3000)]
     pub route_wait_ms: u64,
+    /// Frames queued towards one shard before client readers wait.
+    #[arg(long, env = "TANDEM_LINK_QUEUE_FRAMES", default_value_t = 4096)]
+    pub link_queue_frames: usize,
     /// Serve without a JWT key (anyone can read and write everything). For tests only.
     #[arg(long, env = "TANDEM_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
@@ -146,7 +152,7 @@ pub async fn run_shard(o: ShardOpts) -> anyhow::Result<()> {
         ServerConfig {
             shard: id.clone(),
             max_link_bytes: o.max_link_bytes,
-            max_history_in_flight: 64,
+            max_history_in_flight: o.link_history_in_flight,
         },
         handle.clone(),
         own_rx.clone(),
@@ -474,6 +480,7 @@ pub async fn run_gateway(o: GatewayOpts) -> anyhow::Result<()> {
         routes,
         hint,
         Duration::from_millis(o.cluster.ring_poll_ms.max(10)),
+        o.link_queue_frames,
     ));
     println!(
         "tandem gateway: listening on http://{addr} (ws://{addr}/doc/{{docId}}, ws://{addr}/v1)"
@@ -490,7 +497,13 @@ pub async fn run_gateway(o: GatewayOpts) -> anyhow::Result<()> {
 
 /// Keeps the gateway's routing table equal to the cluster's ring: links to every registered shard,
 /// and sessions whose key moved are ended (the client reconnects to the new owner).
-async fn watch_ring(membership: Membership, routes: Routes, hint: Arc<Notify>, poll: Duration) {
+async fn watch_ring(
+    membership: Membership,
+    routes: Routes,
+    hint: Arc<Notify>,
+    poll: Duration,
+    queue_frames: usize,
+) {
     let mut links: HashMap<ShardId, LinkClient> = HashMap::new();
     let mut version = u64::MAX;
     let mut tick = tokio::time::interval(poll);
@@ -515,7 +528,7 @@ async fn watch_ring(membership: Membership, routes: Routes, hint: Arc<Notify>, p
                 None => {
                     links.insert(
                         m.id.clone(),
-                        LinkClient::start(m.id.clone(), m.link.clone(), hint.clone()),
+                        LinkClient::start(m.id.clone(), m.link.clone(), queue_frames, hint.clone()),
                     );
                     changed = true;
                 }
