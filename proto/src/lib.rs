@@ -6,12 +6,16 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod error;
 pub mod event;
 pub mod ids;
+pub mod link;
 pub mod schema;
+pub mod v1;
 pub mod yjs;
 
+pub use access::Access;
 pub use error::ProtoError;
 pub use event::{Event, EventPayload, EventType, NewEvent};
 pub use ids::{DocId, Epoch, RoomId, Seq, ShardId, StreamId, UserId};

@@ -15,11 +15,14 @@
 #![forbid(unsafe_code)]
 
 pub mod membership;
+mod ownership;
 
 use std::collections::BTreeMap;
 
 use proto::ShardId;
 use xxhash_rust::xxh3::xxh3_64;
+
+pub use ownership::Ownership;
 
 /// A ring member: a shard and its relative weight (> 0).
 #[derive(Debug, Clone, PartialEq)]

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use crate::core::ConnId;
+use crate::handle::ConnId;
 
 /// One client's awareness state.
 #[derive(Debug, Clone)]

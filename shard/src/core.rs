@@ -16,13 +16,10 @@ use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 use crate::awareness;
 use crate::config::CoreConfig;
 use crate::error::ShardError;
+use crate::handle::ConnId;
 
 /// Messages one connection may send before its document has loaded (then: close 1013, resync).
 const MAX_QUEUED_WHILE_LOADING: usize = 64;
-
-/// A client connection, numbered by the gateway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(pub u64);
 
 /// What the core asks its driver to do.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,17 +1,21 @@
-//! A shard: the owner of documents' live state.
+//! A shard: the owner of documents' and rooms' live state.
 //!
-//! [`core::ShardCore`] is a sans-IO state machine: inputs arrive through `handle_*(now, …)`, results
-//! leave through [`core::ShardCore::poll_output`] and the next deadline through
-//! [`core::ShardCore::poll_timeout`]. It never reads a clock, sleeps, locks or touches a socket; the
-//! tokio [`driver`] is the only code that awaits. After every input the driver drains every output.
+//! Layers, each depending only on the ones above it:
+//! * [`handle`]: the seam to the edges — [`ShardHandle`] (a shard in this process or behind a link),
+//!   [`ConnSink`] (a shard's way back to one client). A gateway needs nothing else from this crate.
+//! * Sans-IO cores, no clock, no IO: [`core::ShardCore`] (documents) and [`room::RoomCore`] (chat,
+//!   presence, typing), sharing the load/append/snapshot lifecycle of [`lifecycle`]; the link
+//!   session [`link::session::LinkSession`] (one gateway link as the shard sees it).
+//! * Thin tokio drivers: [`driver`] (runs both cores, the store appender), [`link`] (the link
+//!   listener), [`process`] (`tandem shard`: membership, links, admin endpoint).
 //!
-//! The core keeps DESIGN.md invariant 1 ("observed ⇒ durable") structurally: a client's update is
-//! validated and turned into an `Append` output, but it is applied to the in-memory document and
-//! broadcast only when the store reports the commit (`handle_appended`). So the in-memory document, and
-//! everything any client can see of it, only ever holds committed updates.
+//! The core contract: inputs arrive through `handle_*(now, …)`, results leave through `poll_output`
+//! and the next deadline through `poll_timeout`; the driver drains every output after every input.
 //!
-//! Rooms (chat, presence, typing) have their own sans-IO core, [`room::RoomCore`], with the same
-//! contract and the same commit-before-show rule; the driver runs both.
+//! The cores keep DESIGN.md invariant 1 ("observed ⇒ durable") structurally: a client's update or
+//! chat message is validated and turned into an `Append` output, but it is applied to the in-memory
+//! state and broadcast only when the store reports the commit (`handle_appended`). So the in-memory
+//! state, and everything any client can see of it, only ever holds committed events.
 
 #![forbid(unsafe_code)]
 
@@ -20,11 +24,15 @@ pub mod config;
 pub mod core;
 pub mod driver;
 pub mod error;
+pub mod handle;
+mod lifecycle;
 pub mod link;
 pub mod metrics;
+pub mod process;
 pub mod room;
 
 pub use crate::config::{CoreConfig, RoomConfig};
-pub use crate::core::{ConnId, Output, ShardCore};
-pub use crate::driver::{ConnOut, ConnQueue, ConnSink, ShardHandle};
+pub use crate::core::{Output, ShardCore};
+pub use crate::driver::LocalShard;
 pub use crate::error::ShardError;
+pub use crate::handle::{ConnId, ConnOut, ConnQueue, ConnSink, ShardHandle};

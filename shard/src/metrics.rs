@@ -1,14 +1,11 @@
-//! Prometheus metrics shared by the shards and the gateway of one process.
+//! The shards' Prometheus metrics (the gateway has its own; both register into the process's
+//! registry, which `/metrics` renders).
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 
 /// The process's metrics; cheap to clone (every field is a shared handle).
 #[derive(Clone)]
 pub struct Metrics {
-    /// The registry `/metrics` renders.
-    pub registry: Registry,
-    /// Open WebSocket connections.
-    pub connections: IntGauge,
     /// Documents in memory.
     pub documents_loaded: IntGauge,
     /// Updates committed and applied.
@@ -19,8 +16,6 @@ pub struct Metrics {
     pub append_seconds: Histogram,
     /// Events per store commit.
     pub append_batch_events: Histogram,
-    /// Connections closed by the server, by close code.
-    pub closes: IntCounterVec,
     /// Rooms held in memory.
     pub rooms_loaded: IntGauge,
     /// Room events committed and broadcast (chat messages, edits, deletions, joins, leaves).
@@ -28,11 +23,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Creates and registers every metric.
-    pub fn new() -> Self {
-        let registry = Registry::new();
-        let connections = IntGauge::new("tandem_connections", "Open WebSocket connections")
-            .expect("valid metric");
+    /// Creates every metric and registers it in `registry` (the process's; several shards of one
+    /// process share one `Metrics`).
+    pub fn new(registry: &Registry) -> Self {
         let documents_loaded = IntGauge::new("tandem_documents_loaded", "Documents held in memory")
             .expect("valid metric");
         let updates_applied = IntCounter::new(
@@ -73,52 +66,40 @@ impl Metrics {
             "Room events committed and broadcast",
         )
         .expect("valid metric");
-        let closes = IntCounterVec::new(
-            Opts::new(
-                "tandem_server_closes_total",
-                "Connections closed by the server, by close code",
-            ),
-            &["code"],
-        )
-        .expect("valid metric");
         for m in [
-            Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(documents_loaded.clone()),
+            Box::new(documents_loaded.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(updates_applied.clone()),
             Box::new(apply_seconds.clone()),
             Box::new(append_seconds.clone()),
             Box::new(append_batch_events.clone()),
-            Box::new(closes.clone()),
             Box::new(rooms_loaded.clone()),
             Box::new(room_events.clone()),
         ] {
             registry.register(m).expect("metric names are unique");
         }
         Self {
-            registry,
-            connections,
             documents_loaded,
             updates_applied,
             apply_seconds,
             append_seconds,
             append_batch_events,
-            closes,
             rooms_loaded,
             room_events,
         }
     }
-
-    /// Renders the Prometheus text exposition format.
-    pub fn render(&self) -> String {
-        use prometheus::Encoder;
-        let mut buf = Vec::new();
-        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        String::from_utf8(buf).unwrap_or_default()
-    }
 }
 
 impl Default for Metrics {
+    /// Metrics in a registry of their own (tests, tools).
     fn default() -> Self {
-        Self::new()
+        Self::new(&Registry::new())
     }
+}
+
+/// Renders `registry` in the Prometheus text exposition format.
+pub fn render(registry: &Registry) -> String {
+    use prometheus::Encoder;
+    let mut buf = Vec::new();
+    let _ = prometheus::TextEncoder::new().encode(&registry.gather(), &mut buf);
+    String::from_utf8(buf).unwrap_or_default()
 }

@@ -17,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backend;
 pub mod bus;
 pub mod error;
 mod group;
@@ -27,6 +28,7 @@ pub mod sqlite;
 use async_trait::async_trait;
 use proto::{Epoch, Event, NewEvent, Seq, ShardId, StreamId};
 
+pub use backend::{Backend, BackendConfig};
 pub use error::StoreError;
 
 /// One stream's share of an append: consecutive events starting at `first_seq`, written under `epoch`.

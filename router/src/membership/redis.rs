@@ -1,17 +1,5 @@
-//! Membership: shards register with a lease in Redis; every process derives the same versioned ring.
-//!
-//! Keys (all under one hash tag, so a Redis Cluster keeps them in one slot):
-//! * `{tandem:CLUSTER}:members` — hash `shard id → MemberInfo JSON` (address, admin address, weight).
-//! * `{tandem:CLUSTER}:lease:ID` — the shard's lease: a random token with a TTL (`PX`), renewed every
-//!   third of the lease.
-//! * `{tandem:CLUSTER}:draining` — set of shard ids being drained (kept out of the ring).
-//! * `{tandem:CLUSTER}:ring` — hash `{version, members}`: the ring the cluster agreed on.
-//!
-//! [`Membership::sync`] runs one Lua script (atomic in Redis): the live members are those with a lease
-//! that are not draining; if that list differs from the stored ring, the version is bumped to
-//! `max(version + 1, Redis TIME in ms)` (monotonic even across a Redis restart that lost every key) and
-//! stored. Every gateway and shard calls it on a short period, so they all read the same
-//! `(version, members)` and compute the same [`Ring`].
+//! The Redis side of membership: leases, the agreed ring, the drain set (Lua scripts, atomic in
+//! Redis).
 
 use std::time::Duration;
 
