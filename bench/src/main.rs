@@ -1,5 +1,5 @@
-//! `bench`: Tandem's load harness. Run `bench --help`; the README's Benchmarks section has the
-//! commands behind its tables.
+//! `bench`: Tandem's load harness. Run `bench --help`; docs/benchmarks.md has the commands behind
+//! its tables.
 
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
