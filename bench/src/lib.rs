@@ -3,7 +3,9 @@
 //!
 //! Modules: [`stats`] (HDR histograms, open-loop schedule), [`wire`] (y-websocket and Hocuspocus
 //! framing, timing tags), [`ws`] (WebSocket client), [`target`] (starting the servers under test),
-//! [`procstat`] (server CPU and RSS), [`scenario`] (the workloads), [`report`] (JSON, Markdown, SVG).
+//! [`procstat`] (server CPU and RSS), [`scenario`] (the workloads, each a [`scenario::Scenario`],
+//! and [`scenario::run_and_report`], which runs one against each target), [`report`] (JSON,
+//! Markdown, SVG).
 
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr)]

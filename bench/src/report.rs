@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::target::{Kind, TargetOpts};
+
 /// The machine a report was measured on.
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
@@ -155,6 +157,50 @@ pub fn table(targets: &[String], rows: &[Row]) -> String {
         s.push('\n');
     }
     s
+}
+
+/// The top of every report: title, machine and the command that produced it.
+pub fn header(title: &str, command: &str) -> String {
+    format!(
+        "# {title}\n\nMachine: {}.\n\nCommand: `{command}`\n\n",
+        Machine::read().line()
+    )
+}
+
+/// This run's command line, as `bench …` whatever the binary's path.
+pub fn command_line() -> String {
+    let mut args: Vec<String> = std::env::args().collect();
+    if let Some(a) = args.first_mut() {
+        *a = "bench".into();
+    }
+    args.join(" ")
+}
+
+/// A list of how each target persists, so that a comparison never hides what a server skips.
+pub fn persistence_notes(targets: &[Kind], opts: &TargetOpts) -> String {
+    let mut s = String::from("How each target persists:\n\n");
+    for k in targets {
+        let _ = writeln!(s, "- **{}**: {}", k.name(), k.persistence(opts));
+    }
+    s.push('\n');
+    s
+}
+
+/// Writes report.json / report.md / chart.svg into `dir` and prints the Markdown.
+pub fn write(
+    dir: &Path,
+    json: &serde_json::Value,
+    md: &str,
+    svg: Option<&str>,
+) -> anyhow::Result<()> {
+    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(json)?)?;
+    std::fs::write(dir.join("report.md"), md)?;
+    if let Some(svg) = svg {
+        std::fs::write(dir.join("chart.svg"), svg)?;
+    }
+    println!("{md}");
+    println!("reports: {}", dir.display());
+    Ok(())
 }
 
 /// One line on a chart: a target's latency percentile at each offered load.

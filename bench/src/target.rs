@@ -105,6 +105,8 @@ pub struct Target {
     pub kind: Kind,
     /// `ws://127.0.0.1:PORT`
     pub base: String,
+    /// How it keeps documents ([`Kind::persistence`]), recorded in every outcome measured on it.
+    pub persistence: String,
     pub pid: Option<u32>,
     child: Option<Child>,
     _data: Option<tempfile_dir::TempDir>,
@@ -185,6 +187,7 @@ impl Target {
             return Ok(Target {
                 kind: kind.clone(),
                 base: url.trim_end_matches('/').to_string(),
+                persistence: kind.persistence(opts),
                 pid: None,
                 child: None,
                 _data: None,
@@ -206,6 +209,7 @@ impl Target {
         Ok(Target {
             kind: kind.clone(),
             base: format!("ws://127.0.0.1:{port}"),
+            persistence: kind.persistence(opts),
             pid: child.id(),
             child: Some(child),
             _data: data,

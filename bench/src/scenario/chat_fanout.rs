@@ -15,8 +15,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::procstat::{Sampler, Usage};
+use crate::report::{self, Row};
+use crate::scenario::{Protocol, Scenario};
 use crate::stats::{latency_from_intended, Latency, Schedule, Summary};
-use crate::target::{Kind, Target};
+use crate::target::{Kind, Target, TargetOpts};
 use crate::ws;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -370,7 +372,7 @@ pub async fn run(target: &Target, p: &Params, label: &str) -> anyhow::Result<Out
     errors.truncate(5);
     Ok(Outcome {
         target: target.kind.name(),
-        persistence: String::new(),
+        persistence: target.persistence.clone(),
         params: p.clone(),
         delivery: delivery.summary(),
         all_members: all_members.summary(),
@@ -382,6 +384,57 @@ pub async fn run(target: &Target, p: &Params, label: &str) -> anyhow::Result<Out
         server: sampler.map(|s| s.usage(w0, w1)).unwrap_or_default(),
         errors,
     })
+}
+
+impl Scenario for Params {
+    const NAME: &'static str = "chat-fanout";
+    const PROTOCOL: Protocol = Protocol::Chat;
+    type Outcome = Outcome;
+
+    async fn run(
+        &self,
+        target: &mut Target,
+        _opts: &TargetOpts,
+        label: &str,
+    ) -> anyhow::Result<Outcome> {
+        run(target, self, label).await
+    }
+
+    fn title(&self) -> String {
+        format!(
+            "chat-fanout: one room of {} members, {} messages at {}/s from one sender",
+            self.members, self.messages, self.rate
+        )
+    }
+
+    fn rows(&self, outcomes: &[Outcome]) -> Vec<Row> {
+        let mut r = report::Rows::new(outcomes);
+        r.add("delivery p50 ms", true, 1, |o| Some(o.delivery.p50_ms))
+            .add("delivery p95 ms", true, 1, |o| Some(o.delivery.p95_ms))
+            .add("delivery p99 ms", true, 1, |o| Some(o.delivery.p99_ms))
+            .add("delivery max ms", true, 1, |o| Some(o.delivery.max_ms))
+            .add("all members have it p50 ms", true, 1, |o| {
+                Some(o.all_members.p50_ms)
+            })
+            .add("all members have it p99 ms", true, 1, |o| {
+                Some(o.all_members.p99_ms)
+            })
+            .add("sender ack p50 ms", true, 1, |o| Some(o.ack.p50_ms))
+            .add("sender ack p99 ms", true, 1, |o| Some(o.ack.p99_ms))
+            .add("deliveries", false, 0, |o| Some(o.deliveries as f64))
+            .add("missing deliveries", true, 0, |o| Some(o.missing as f64))
+            .add("duplicate deliveries", true, 0, |o| {
+                Some(o.duplicates as f64)
+            })
+            .add("member join p99 ms", true, 1, |o| Some(o.join.p99_ms))
+            .add("server CPU %", true, 0, |o| Some(o.server.cpu_pct))
+            .add("server RSS max MB", true, 1, |o| Some(o.server.rss_max_mb));
+        r.done()
+    }
+
+    fn note(&self, _outcomes: &[Outcome]) -> String {
+        "\nLatency is measured from each message's intended send time (open loop) to the moment a member's socket delivered the committed `event` frame. The Socket.IO peer relays without storing anything; Tandem commits every message to its store before delivering it. Hocuspocus and y-websocket-server have no chat.\n".into()
+    }
 }
 
 #[cfg(test)]

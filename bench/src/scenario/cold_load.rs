@@ -12,6 +12,8 @@ use anyhow::{anyhow, bail};
 use serde::{Deserialize, Serialize};
 use yrs::{Doc, GetString, Text, Transact};
 
+use crate::report::{self, Row};
+use crate::scenario::{Protocol, Scenario};
 use crate::stats::{Latency, Summary};
 use crate::target::{Target, TargetOpts};
 use crate::wire::{Dialect, Incoming, Replica, SYNC_STEP2, SYNC_UPDATE};
@@ -229,7 +231,7 @@ pub async fn run(
     progress.finish();
     Ok(Outcome {
         target: target.kind.name(),
-        persistence: String::new(),
+        persistence: target.persistence.clone(),
         params: p.clone(),
         final_chars: expected.chars().count(),
         sync_bytes,
@@ -239,6 +241,45 @@ pub async fn run(
         server_rss_mb,
         errors,
     })
+}
+
+impl Scenario for Params {
+    const NAME: &'static str = "cold-load";
+    const PROTOCOL: Protocol = Protocol::Documents;
+    type Outcome = Outcome;
+
+    async fn run(
+        &self,
+        target: &mut Target,
+        opts: &TargetOpts,
+        label: &str,
+    ) -> anyhow::Result<Outcome> {
+        run(target, opts, self, label).await
+    }
+
+    fn title(&self) -> String {
+        format!("cold-load: {} operations (B4 size class)", self.ops)
+    }
+
+    fn rows(&self, outcomes: &[Outcome]) -> Vec<Row> {
+        let mut r = report::Rows::new(outcomes);
+        r.add("warm load p50 ms", true, 1, |o| Some(o.warm.p50_ms))
+            .add("warm load max ms", true, 1, |o| Some(o.warm.max_ms))
+            .add("cold load (after restart) p50 ms", true, 1, |o| {
+                o.cold.map(|c| c.p50_ms)
+            })
+            .add("cold load max ms", true, 1, |o| o.cold.map(|c| c.max_ms))
+            .add("initial sync bytes", true, 0, |o| Some(o.sync_bytes as f64))
+            .add("build (send the trace) s", true, 1, |o| Some(o.build_secs))
+            .add("server RSS with the document MB", true, 1, |o| {
+                Some(o.server_rss_mb)
+            });
+        r.done()
+    }
+
+    fn note(&self, _outcomes: &[Outcome]) -> String {
+        "\nA target without persistence has no cold load: its document is gone after a restart (–).\n".into()
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! every other editor has it).
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,8 +14,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::procstat::{Sampler, Usage};
+use crate::report::{self, Row, Series};
+use crate::scenario::{Protocol, Scenario};
 use crate::stats::{Latency, Schedule, Summary};
-use crate::target::{prometheus_quantile_between, Target};
+use crate::target::{prometheus_quantile_between, Target, TargetOpts};
 use crate::wire::{self, Dialect, EditorDoc, Incoming, Tag, SYNC_STEP2, SYNC_UPDATE};
 use crate::ws;
 
@@ -529,7 +532,7 @@ pub async fn run(target: &Target, p: &Params, label: &str) -> anyhow::Result<Out
     let sent = counters.sent.load(Ordering::Relaxed);
     Ok(Outcome {
         target: target.kind.name(),
-        persistence: String::new(),
+        persistence: target.persistence.clone(),
         params: p.clone(),
         offered_edits_per_sec: p.offered_edits_per_sec(),
         edits_sent: sent,
@@ -555,6 +558,106 @@ pub async fn run(target: &Target, p: &Params, label: &str) -> anyhow::Result<Out
         }),
         errors,
     })
+}
+
+impl Scenario for Params {
+    const NAME: &'static str = "doc-fanout";
+    const PROTOCOL: Protocol = Protocol::Documents;
+    type Outcome = Outcome;
+
+    async fn run(
+        &self,
+        target: &mut Target,
+        _opts: &TargetOpts,
+        label: &str,
+    ) -> anyhow::Result<Outcome> {
+        run(target, self, label).await
+    }
+
+    fn title(&self) -> String {
+        format!(
+            "doc-fanout: {} documents × {} editors × {} edits/s",
+            self.docs, self.editors, self.rate
+        )
+    }
+
+    fn rows(&self, outcomes: &[Outcome]) -> Vec<Row> {
+        let mut r = report::Rows::new(outcomes);
+        r.add("edit p50 ms", true, 2, |o| Some(o.edit_latency.p50_ms))
+            .add("edit p95 ms", true, 2, |o| Some(o.edit_latency.p95_ms))
+            .add("edit p99 ms", true, 2, |o| Some(o.edit_latency.p99_ms))
+            .add("edit p99.9 ms", true, 2, |o| Some(o.edit_latency.p999_ms))
+            .add("edit max ms", true, 1, |o| Some(o.edit_latency.max_ms))
+            .add("delivery p50 ms", true, 2, |o| {
+                Some(o.delivery_latency.p50_ms)
+            })
+            .add("delivery p99 ms", true, 2, |o| {
+                Some(o.delivery_latency.p99_ms)
+            })
+            .add("edits/s (all received)", false, 0, |o| {
+                Some(o.edits_per_sec)
+            })
+            .add("deliveries/s", false, 0, |o| Some(o.deliveries_per_sec))
+            .add("missing deliveries", true, 0, |o| {
+                Some(o.missing_deliveries as f64)
+            })
+            .add("dropped sockets", true, 0, |o| Some(o.disconnects as f64))
+            .add("server CPU %", true, 0, |o| Some(o.server.cpu_pct))
+            .add("server RSS max MB", true, 1, |o| Some(o.server.rss_max_mb))
+            .add("load generator CPU %", true, 0, |o| Some(o.loadgen_cpu_pct))
+            .add("connect+sync p99 ms", true, 1, |o| {
+                Some(o.connect_latency.p99_ms)
+            });
+        r.done()
+    }
+
+    fn note(&self, outcomes: &[Outcome]) -> String {
+        let mut s = String::from(
+            "\n`edit` = intended send time → the last other editor has the edit; `delivery` = → one other editor has it. \
+             Latency counts from the intended send time (open loop), so a stalled server is charged for the stall. \
+             Ratios: how many times better the first target is (below 1: worse).\n",
+        );
+        for x in outcomes {
+            if let (Some(a), Some(c)) = (x.server_apply_p95_ms, x.server_commit_p95_ms) {
+                let _ = writeln!(
+                    s,
+                    "\n{}: server-side processing p95 (from its /metrics): apply {:.3} ms, append → durable commit {:.3} ms.",
+                    x.target, a, c
+                );
+            }
+            if !x.errors.is_empty() {
+                let _ = writeln!(s, "\n{} errors: {}", x.target, x.errors.join("; "));
+            }
+        }
+        s
+    }
+
+    fn chart(&self, _targets: &[String], outcomes: &[Outcome]) -> Option<String> {
+        let series: Vec<Series> = outcomes
+            .iter()
+            .flat_map(|o| {
+                let x = o.offered_edits_per_sec;
+                [
+                    Series {
+                        name: format!("{} p50", o.target),
+                        points: vec![(x, o.edit_latency.p50_ms)],
+                        dashed: true,
+                    },
+                    Series {
+                        name: format!("{} p99", o.target),
+                        points: vec![(x, o.edit_latency.p99_ms)],
+                        dashed: false,
+                    },
+                ]
+            })
+            .collect();
+        Some(report::svg_chart(
+            "doc-fanout: send → every other editor has it",
+            "offered edits/s",
+            "latency ms",
+            &series,
+        ))
+    }
 }
 
 #[cfg(test)]

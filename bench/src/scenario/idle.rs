@@ -17,8 +17,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::Semaphore;
 
 use crate::procstat;
+use crate::report::{self, Row};
+use crate::scenario::{Protocol, Scenario};
 use crate::stats::{Latency, Summary};
-use crate::target::Target;
+use crate::target::{Target, TargetOpts};
 use crate::wire::{Dialect, Incoming, SYNC_STEP2};
 use crate::ws;
 
@@ -383,7 +385,7 @@ pub async fn run(target: &Target, p: &Params, label: &str) -> anyhow::Result<Out
         .max(1);
     Ok(Outcome {
         target: target.kind.name(),
-        persistence: String::new(),
+        persistence: target.persistence.clone(),
         params: p.clone(),
         connected,
         failed,
@@ -400,4 +402,52 @@ pub async fn run(target: &Target, p: &Params, label: &str) -> anyhow::Result<Out
         },
         errors,
     })
+}
+
+impl Scenario for Params {
+    const NAME: &'static str = "idle-connections";
+    const PROTOCOL: Protocol = Protocol::Documents;
+    type Outcome = Outcome;
+
+    async fn run(
+        &self,
+        target: &mut Target,
+        _opts: &TargetOpts,
+        label: &str,
+    ) -> anyhow::Result<Outcome> {
+        run(target, self, label).await
+    }
+
+    fn title(&self) -> String {
+        format!(
+            "idle-connections: {} sockets over {} documents",
+            self.connections, self.docs
+        )
+    }
+
+    fn rows(&self, outcomes: &[Outcome]) -> Vec<Row> {
+        let mut r = report::Rows::new(outcomes);
+        r.add("sockets held", false, 0, |o| Some(o.connected as f64))
+            .add("failed to connect", true, 0, |o| Some(o.failed as f64))
+            .add("dropped while held", true, 0, |o| Some(o.dropped as f64))
+            .add("connect rate /s", false, 0, |o| Some(o.connect_rate))
+            .add("connect+sync p99 ms", true, 1, |o| Some(o.connect_p99_ms))
+            .add("server RSS, documents loaded MB", true, 1, |o| {
+                Some(o.rss_base_mb)
+            })
+            .add("server RSS, all sockets MB", true, 1, |o| {
+                Some(o.rss_held_mb)
+            })
+            .add("server KiB per idle socket", true, 2, |o| {
+                Some(o.kib_per_socket)
+            })
+            .add("server CPU while idle %", true, 1, |o| {
+                Some(o.server_cpu_idle_pct)
+            });
+        r.done()
+    }
+
+    fn note(&self, _outcomes: &[Outcome]) -> String {
+        "\nKiB per idle socket = (server RSS with every socket open − RSS with one socket per document) / the other sockets. Each socket completed the initial sync of its document, then idled with client heartbeats.\n".into()
+    }
 }

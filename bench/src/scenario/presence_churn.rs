@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::procstat::{Sampler, Usage};
-use crate::target::{Kind, Target};
+use crate::report::{self, Row};
+use crate::scenario::{Protocol, Scenario};
+use crate::target::{Kind, Target, TargetOpts};
 use crate::ws;
 
 /// The HS256 secret the harness starts Tandem with for this scenario (distinct users need tokens).
@@ -268,7 +270,7 @@ pub async fn run(target: &Target, p: &Params, label: &str) -> anyhow::Result<Out
     errors.truncate(5);
     Ok(Outcome {
         target: target.kind.name(),
-        persistence: String::new(),
+        persistence: target.persistence.clone(),
         params: p.clone(),
         frames_per_member_per_sec: f / n / secs,
         bytes_per_member_per_sec: bytes.load(Ordering::Relaxed) as f64 / n / secs,
@@ -278,4 +280,58 @@ pub async fn run(target: &Target, p: &Params, label: &str) -> anyhow::Result<Out
         server: sampler.map(|s| s.usage(w0, w1)).unwrap_or_default(),
         errors,
     })
+}
+
+impl Scenario for Params {
+    const NAME: &'static str = "presence-churn";
+    const PROTOCOL: Protocol = Protocol::Chat;
+    type Outcome = Outcome;
+
+    /// Distinct users need tokens: Tandem runs with the harness's own HS256 secret.
+    fn prepare(&self, opts: &mut TargetOpts) {
+        opts.tandem_args.extend([
+            "--jwt-hs256-secret".to_string(),
+            BENCH_JWT_SECRET.to_string(),
+        ]);
+    }
+
+    async fn run(
+        &self,
+        target: &mut Target,
+        _opts: &TargetOpts,
+        label: &str,
+    ) -> anyhow::Result<Outcome> {
+        run(target, self, label).await
+    }
+
+    fn title(&self) -> String {
+        format!(
+            "presence-churn: one room of {} members, {} typists × {} typing toggles and {} cursor moves per second",
+            self.members, self.typists, self.rate, self.rate
+        )
+    }
+
+    fn rows(&self, outcomes: &[Outcome]) -> Vec<Row> {
+        let mut r = report::Rows::new(outcomes);
+        r.add("frames per member per s", true, 1, |o| {
+            Some(o.frames_per_member_per_sec)
+        })
+        .add("relaying every change would be", false, 0, |o| {
+            Some(o.relay_frames_per_member_per_sec)
+        })
+        .add("KB per member per s", true, 1, |o| {
+            Some(o.bytes_per_member_per_sec / 1000.0)
+        })
+        .add("server frames per s", true, 0, |o| {
+            Some(o.server_frames_per_sec)
+        })
+        .add("changes sent per s", false, 0, |o| Some(o.changes_per_sec))
+        .add("server CPU %", true, 0, |o| Some(o.server.cpu_pct))
+        .add("server RSS max MB", true, 1, |o| Some(o.server.rss_max_mb));
+        r.done()
+    }
+
+    fn note(&self, _outcomes: &[Outcome]) -> String {
+        "\nTandem gathers presence and typing changes per room and sends each member at most one `presence` and one `typing` frame per `--presence-flush-ms` (100 ms); the Socket.IO peer relays every change to the rest of the room, as typical Socket.IO chat code does.\n".into()
+    }
 }

@@ -10,9 +10,11 @@ use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
 use crate::procstat::{Sampler, Usage};
+use crate::report::{self, Row};
 use crate::scenario::idle::open_one;
+use crate::scenario::{Protocol, Scenario};
 use crate::stats::{Latency, Summary};
-use crate::target::Target;
+use crate::target::{Target, TargetOpts};
 use crate::ws;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,7 +122,7 @@ pub async fn run(target: &Target, p: &Params, label: &str) -> anyhow::Result<Out
     }
     Ok(Outcome {
         target: target.kind.name(),
-        persistence: String::new(),
+        persistence: target.persistence.clone(),
         params: p.clone(),
         resync: resync.summary(),
         all_resynced_ms: all,
@@ -130,4 +132,39 @@ pub async fn run(target: &Target, p: &Params, label: &str) -> anyhow::Result<Out
             .unwrap_or_default(),
         errors,
     })
+}
+
+impl Scenario for Params {
+    const NAME: &'static str = "reconnect-storm";
+    const PROTOCOL: Protocol = Protocol::Documents;
+    type Outcome = Outcome;
+
+    async fn run(
+        &self,
+        target: &mut Target,
+        _opts: &TargetOpts,
+        label: &str,
+    ) -> anyhow::Result<Outcome> {
+        run(target, self, label).await
+    }
+
+    fn title(&self) -> String {
+        format!(
+            "reconnect-storm: {} clients over {} documents, {} storms",
+            self.clients, self.docs, self.rounds
+        )
+    }
+
+    fn rows(&self, outcomes: &[Outcome]) -> Vec<Row> {
+        let mut r = report::Rows::new(outcomes);
+        r.add("resync p50 ms", true, 1, |o| Some(o.resync.p50_ms))
+            .add("resync p99 ms", true, 1, |o| Some(o.resync.p99_ms))
+            .add("all resynced (worst round) ms", true, 0, |o| {
+                Some(o.all_resynced_ms.iter().copied().fold(0.0, f64::max))
+            })
+            .add("failed reconnects", true, 0, |o| Some(o.failed as f64))
+            .add("server CPU %", true, 0, |o| Some(o.server.cpu_pct))
+            .add("server RSS max MB", true, 1, |o| Some(o.server.rss_max_mb));
+        r.done()
+    }
 }
