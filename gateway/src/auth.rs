@@ -21,29 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::GatewayError;
 
-/// Access level granted on a document.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Access {
-    /// Sync and receive updates and awareness; own updates are refused.
-    Read,
-    /// Read plus apply updates.
-    Write,
-    /// Write plus administrative operations (later issues).
-    Admin,
-}
-
-impl std::str::FromStr for Access {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "read" => Ok(Self::Read),
-            "write" => Ok(Self::Write),
-            "admin" => Ok(Self::Admin),
-            _ => Err(format!("unknown access level {s:?} (read, write, admin)")),
-        }
-    }
-}
+pub use proto::Access;
 
 /// JWT settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,6 +90,30 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// A user with these grants (pattern → access).
+    pub fn new(
+        user: UserId,
+        docs: BTreeMap<String, Access>,
+        rooms: BTreeMap<String, Access>,
+    ) -> Self {
+        Self {
+            user,
+            docs,
+            rooms,
+            anonymous: false,
+        }
+    }
+
+    /// `tandem dev` without a key: user `anonymous`, write access to everything.
+    pub fn anonymous() -> Self {
+        Self {
+            user: UserId::anonymous(),
+            docs: BTreeMap::new(),
+            rooms: BTreeMap::new(),
+            anonymous: true,
+        }
+    }
+
     /// Access on a document, if any.
     pub fn doc_access(&self, doc: &DocId) -> Option<Access> {
         if self.anonymous {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use proto::{DocId, RoomId, ShardId, StreamId};
 use router::Ring;
-use shard::ShardHandle;
+use shard::handle::ShardHandle;
 
 /// The gateway's routing table (cheap to clone; clones share the table).
 #[derive(Clone)]

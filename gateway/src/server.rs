@@ -2,7 +2,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use http_body_util::Full;
@@ -11,64 +10,14 @@ use hyper::header::{HeaderValue, ORIGIN, SEC_WEBSOCKET_PROTOCOL};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
-use proto::DocId;
-use shard::metrics::Metrics;
-use shard::ConnId;
+use proto::{Access, DocId};
 use tokio::net::TcpListener;
 
-use crate::auth::{Access, Authenticator};
-use crate::config::GatewayConfig;
-use crate::conn::{self, ConnParams};
+use crate::doc::{self, ConnParams};
 use crate::error::GatewayError;
-use crate::routing::Routes;
-
-/// The edge's shared state.
-pub struct Gateway {
-    pub(crate) cfg: GatewayConfig,
-    pub(crate) routes: Routes,
-    auth: Authenticator,
-    pub(crate) metrics: Metrics,
-    next_conn: AtomicU64,
-    closing: AtomicBool,
-    /// Turns true when `/v1` sockets must close (after the shards have committed everything).
-    sessions_closing: tokio::sync::watch::Sender<bool>,
-}
+use crate::state::Gateway;
 
 impl Gateway {
-    /// Builds the gateway over `routes`.
-    pub fn new(cfg: GatewayConfig, routes: Routes, metrics: Metrics) -> anyhow::Result<Self> {
-        let auth = Authenticator::new(cfg.auth.clone())?;
-        Ok(Self {
-            cfg,
-            routes,
-            auth,
-            metrics,
-            next_conn: AtomicU64::new(1),
-            closing: AtomicBool::new(false),
-            sessions_closing: tokio::sync::watch::Sender::new(false),
-        })
-    }
-
-    /// A fresh connection (or `/v1` document channel) id.
-    pub(crate) fn next_conn_id(&self) -> ConnId {
-        ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed))
-    }
-
-    pub(crate) fn closing_watch(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.sessions_closing.subscribe()
-    }
-
-    /// Closes every `/v1` socket with 1001. Call after the shards have shut down (so everything
-    /// acknowledged is committed); y-websocket sockets are closed by their shards.
-    pub fn close_sessions(&self) {
-        self.sessions_closing.send_replace(true);
-    }
-
-    /// Stops accepting new WebSocket sessions (existing ones are closed by their shards).
-    pub fn begin_shutdown(&self) {
-        self.closing.store(true, Ordering::SeqCst);
-    }
-
     fn check_origin(&self, req: &Request<Incoming>) -> Result<(), GatewayError> {
         if self.cfg.allowed_origins.is_empty() {
             return Ok(());
@@ -124,7 +73,7 @@ impl Gateway {
         }
         let (token, protocol) = find_token(req);
         let identity = self.auth.authenticate(token.as_deref())?;
-        if self.closing.load(Ordering::SeqCst) {
+        if self.is_closing() {
             return Err(GatewayError::Unavailable);
         }
         let (mut response, fut) =
@@ -157,7 +106,7 @@ impl Gateway {
         }
         let (token, protocol) = find_token(req);
         let principal = self.auth.authorize(token.as_deref(), &doc)?;
-        if self.closing.load(Ordering::SeqCst) {
+        if self.is_closing() {
             return Err(GatewayError::Unavailable);
         }
         let shard = self
@@ -181,7 +130,7 @@ impl Gateway {
         let gw = self.clone();
         let task = async move {
             match fut.await {
-                Ok(ws) => conn::run(gw, shard, params, ws).await,
+                Ok(ws) => doc::run(gw, shard, params, ws).await,
                 Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
             }
         };

@@ -268,9 +268,7 @@ pub fn parse(frame: &[u8]) -> Result<(u64, Frame<'_>), LinkError> {
         Kind::Open => Frame::Open(serde_json::from_slice(payload).map_err(|_| bad)?),
         Kind::Msg => Frame::Msg(payload),
         Kind::Close => Frame::Close,
-        Kind::Room => Frame::Room(Box::new(
-            serde_json::from_slice(payload).map_err(|_| bad)?,
-        )),
+        Kind::Room => Frame::Room(Box::new(serde_json::from_slice(payload).map_err(|_| bad)?)),
         Kind::RoomClose => Frame::RoomClose,
         Kind::Ping => Frame::Ping,
         Kind::Pong => Frame::Pong,
@@ -299,16 +297,22 @@ pub fn encode(session: u64, frame: &Frame<'_>, out: &mut Vec<u8>) {
     match frame {
         Frame::Open(o) => encode_parts(kind, session, &[&json(o)], out),
         Frame::Room(r) => encode_parts(kind, session, &[&json(&**r)], out),
-        Frame::Ring { version } => {
-            encode_parts(kind, session, &[&json(&RingHint { version: *version })], out)
-        }
+        Frame::Ring { version } => encode_parts(
+            kind,
+            session,
+            &[&json(&RingHint { version: *version })],
+            out,
+        ),
         Frame::Msg(p) | Frame::Binary(p) | Frame::Text(p) => encode_parts(kind, session, &[p], out),
         Frame::Close | Frame::RoomClose | Frame::Ping | Frame::Pong => {
             encode_parts(kind, session, &[], out)
         }
-        Frame::End { code, reason } => {
-            encode_parts(kind, session, &[&code.to_be_bytes(), reason.as_bytes()], out)
-        }
+        Frame::End { code, reason } => encode_parts(
+            kind,
+            session,
+            &[&code.to_be_bytes(), reason.as_bytes()],
+            out,
+        ),
         Frame::Kill { code } => encode_parts(kind, session, &[&code.to_be_bytes()], out),
     }
 }

@@ -762,3 +762,42 @@ fn field_message(e: &serde_json::Error) -> String {
         None => full,
     }
 }
+
+/// The prefix of a document's binary frames: the id as a lib0 var-string (varuint byte length, then
+/// the UTF-8 bytes).
+pub fn doc_prefix(doc: &DocId) -> Vec<u8> {
+    let id = doc.as_str();
+    let mut out = Vec::with_capacity(id.len() + 2);
+    let mut n = id.len();
+    while n >= 0x80 {
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+    out.extend_from_slice(id.as_bytes());
+    out
+}
+
+/// Splits a binary frame into its document id (as sent; not yet checked against the allow-list) and
+/// the y-websocket message after it. `None` when the prefix is truncated, absurdly long or not UTF-8.
+pub fn split_doc_prefix(data: &[u8]) -> Option<(&str, &[u8])> {
+    let mut len: usize = 0;
+    let mut shift = 0;
+    let mut i = 0;
+    loop {
+        let b = *data.get(i)?;
+        i += 1;
+        len |= usize::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+        // Ids are at most 128 bytes: a length needing more than three bytes is garbage.
+        if shift > 14 {
+            return None;
+        }
+    }
+    let end = i.checked_add(len)?;
+    let id = std::str::from_utf8(data.get(i..end)?).ok()?;
+    Some((id, &data[end..]))
+}

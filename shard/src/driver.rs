@@ -498,7 +498,8 @@ impl Driver {
                     let payload = EventPayload::DocumentUpdated(DocumentUpdatedV1 {
                         update: Bytes(update),
                     });
-                    let req = append_request(StreamId::Doc(doc.clone()), epoch, seq, actor, payload);
+                    let req =
+                        append_request(StreamId::Doc(doc.clone()), epoch, seq, actor, payload);
                     self.batch.push((Key::Doc(doc), epoch, seq, req));
                 }
                 Output::Snapshot {

@@ -96,7 +96,14 @@ impl<Q, P> Lifecycle<Q, P> {
 
     /// The load finished: serve under `epoch`, continuing after `last_seq` (`tail` events since the
     /// snapshot). Returns what queued up meanwhile.
-    pub fn ready(&mut self, now: Instant, epoch: Epoch, last_seq: Seq, tail: u64, attached: bool) -> VecDeque<Q> {
+    pub fn ready(
+        &mut self,
+        now: Instant,
+        epoch: Epoch,
+        last_seq: Seq,
+        tail: u64,
+        attached: bool,
+    ) -> VecDeque<Q> {
         self.applied = last_seq;
         self.next = last_seq.next();
         self.since_snapshot = tail;

@@ -4,9 +4,11 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use proto::v1::{Position, RequestId, RoomRequest};
+use proto::Access as RoomAccess;
 use proto::{Epoch, Event, EventPayload, NewEvent, RoomId, Seq, StreamId, UserId};
 use serde_json::Value;
-use shard::room::{Position, RoomAccess, RoomCore, RoomOutput, RoomRequest};
+use shard::room::{RoomCore, RoomOutput};
 use shard::{ConnId, RoomConfig};
 use store::{AppendRequest, Loaded, Snapshot, StoreError};
 
@@ -176,7 +178,7 @@ impl Harness {
             user(who),
             access,
             room(r),
-            rid.map(str::to_owned),
+            rid.map(|r| RequestId::parse(r).expect("valid request id")),
             req,
         );
         self.step();
@@ -706,7 +708,7 @@ fn leaving_the_last_room_replies_before_detaching_the_socket() {
         user("ada"),
         RoomAccess::Write,
         r.clone(),
-        Some("j".into()),
+        Some(RequestId::parse("j").expect("valid")),
         RoomRequest::Join {
             since: None,
             state: None,
@@ -723,7 +725,7 @@ fn leaving_the_last_room_replies_before_detaching_the_socket() {
         user("ada"),
         RoomAccess::Write,
         r,
-        Some("l".into()),
+        Some(RequestId::parse("l").expect("valid")),
         RoomRequest::Leave,
     );
     let outs: Vec<RoomOutput> = std::iter::from_fn(|| core.poll_output()).collect();
@@ -752,7 +754,7 @@ fn requests_queued_behind_a_failed_load_each_get_an_error() {
         user("ada"),
         RoomAccess::Write,
         r.clone(),
-        Some("j1".into()),
+        Some(RequestId::parse("j1").expect("valid")),
         RoomRequest::Join {
             since: None,
             state: None,
@@ -764,7 +766,7 @@ fn requests_queued_behind_a_failed_load_each_get_an_error() {
         user("ada"),
         RoomAccess::Write,
         r.clone(),
-        Some("m1".into()),
+        Some(RequestId::parse("m1").expect("valid")),
         RoomRequest::Send { text: "hi".into() },
     );
     core.handle_request(
@@ -773,7 +775,7 @@ fn requests_queued_behind_a_failed_load_each_get_an_error() {
         user("bob"),
         RoomAccess::Write,
         r.clone(),
-        Some("j2".into()),
+        Some(RequestId::parse("j2").expect("valid")),
         RoomRequest::Join {
             since: None,
             state: None,

@@ -1,15 +1,23 @@
-//! Configuration of `tandem dev`: clap options (each also an env var `TANDEM_…`), an optional TOML file,
-//! validated once into [`DevConfig`].
+//! Command-line configuration of the serving roles: clap options (each also an env var `TANDEM_…`)
+//! over an optional TOML file, validated once into the role's config type.
+//!
+//! Options come in groups so that each role takes exactly the settings that apply to it:
+//! [`StoreOpts`] (the record and the bus), [`EdgeOpts`] (the WebSocket edge: limits, JWT, origins),
+//! [`CoreOpts`] (documents and rooms on their owner). `tandem dev` takes all three; `tandem shard`
+//! the store and core ones ([`crate::cluster::ShardOpts`]); `tandem gateway` the edge ones
+//! ([`crate::cluster::GatewayOpts`]).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
 use gateway::GatewayConfig;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use shard::CoreConfig;
+use store::BackendConfig;
 
 /// Everything `tandem dev` runs with (also the shape of the `--config` TOML file).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,21 +53,35 @@ impl Default for DevConfig {
     }
 }
 
-/// `tandem dev` options; each overrides the config file.
+impl DevConfig {
+    /// The store settings.
+    pub fn store(&self) -> BackendConfig {
+        BackendConfig {
+            data: self.data.clone(),
+            database_url: self.database_url.clone(),
+            redis_url: self.redis_url.clone(),
+        }
+    }
+}
+
+/// Reads a TOML config file, or the default when none is given.
+pub fn load<T: DeserializeOwned + Default>(path: Option<&Path>) -> anyhow::Result<T> {
+    match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+        }
+        None => Ok(T::default()),
+    }
+}
+
+/// Where events live.
 #[derive(Debug, Args)]
-pub struct DevOpts {
-    /// TOML file with any of the settings below (flags and env vars win over it).
-    #[arg(long, env = "TANDEM_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:1234].
-    #[arg(long, env = "TANDEM_LISTEN")]
-    pub listen: Option<SocketAddr>,
+pub struct StoreOpts {
     /// Data folder for the embedded store [default: .tandem].
     #[arg(long, env = "TANDEM_DATA")]
     pub data: Option<PathBuf>,
-    /// Number of in-process shards [default: 2].
-    #[arg(long, env = "TANDEM_SHARDS")]
-    pub shards: Option<usize>,
     /// PostgreSQL URL (e.g. postgres://user@127.0.0.1:5432/tandem): the event log lives there instead of
     /// the embedded SQLite file; migrations are applied on start.
     #[arg(long, env = "TANDEM_DATABASE_URL", hide_env_values = true)]
@@ -68,6 +90,29 @@ pub struct DevOpts {
     /// (`tandem:{doc:ID}` per document, `tandem:feed` for consumers).
     #[arg(long, env = "TANDEM_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+}
+
+impl StoreOpts {
+    /// Applies the flags given to `c`.
+    pub fn apply(self, c: &mut BackendConfig) {
+        if let Some(v) = self.data {
+            c.data = v;
+        }
+        if let Some(v) = self.database_url {
+            c.database_url = Some(v);
+        }
+        if let Some(v) = self.redis_url {
+            c.redis_url = Some(v);
+        }
+    }
+}
+
+/// The WebSocket edge: authentication, origins, per-socket limits.
+#[derive(Debug, Args)]
+pub struct EdgeOpts {
+    /// Address to listen on [default: 127.0.0.1:1234].
+    #[arg(long, env = "TANDEM_LISTEN")]
+    pub listen: Option<SocketAddr>,
     /// HS256 secret: enables JWT auth (and turns anonymous access off).
     #[arg(long, env = "TANDEM_JWT_HS256_SECRET", hide_env_values = true)]
     pub jwt_hs256_secret: Option<String>,
@@ -87,15 +132,6 @@ pub struct DevOpts {
         value_delimiter = ','
     )]
     pub allow_origin: Vec<String>,
-    /// Largest WebSocket message in bytes [default: 1048576].
-    #[arg(long, env = "TANDEM_MAX_MESSAGE_BYTES")]
-    pub max_message_bytes: Option<usize>,
-    /// Largest stored document size in bytes [default: 67108864].
-    #[arg(long, env = "TANDEM_MAX_DOC_BYTES")]
-    pub max_doc_bytes: Option<usize>,
-    /// Deepest nesting accepted inside a Yjs update [default: 32].
-    #[arg(long, env = "TANDEM_MAX_UPDATE_DEPTH")]
-    pub max_update_depth: Option<usize>,
     /// Messages queued per socket before it is closed as a slow consumer [default: 1024].
     #[arg(long, env = "TANDEM_OUTBOUND_QUEUE")]
     pub outbound_queue: Option<usize>,
@@ -105,6 +141,79 @@ pub struct DevOpts {
     /// Burst of messages allowed above the sustained rate [default: 1000].
     #[arg(long, env = "TANDEM_MESSAGE_BURST")]
     pub message_burst: Option<u32>,
+    /// Documents one /v1 socket may have open [default: 100].
+    #[arg(long, env = "TANDEM_MAX_DOCS_PER_CONN")]
+    pub max_docs_per_conn: Option<usize>,
+    /// Rooms one /v1 socket may have joined [default: 100].
+    #[arg(long, env = "TANDEM_MAX_ROOMS_PER_CONN")]
+    pub max_rooms_per_conn: Option<usize>,
+}
+
+impl EdgeOpts {
+    /// Applies the flags given to `c` (and `listen`).
+    pub fn apply(self, c: &mut GatewayConfig, listen: &mut SocketAddr) -> anyhow::Result<()> {
+        if let Some(v) = self.listen {
+            *listen = v;
+        }
+        if let Some(v) = self.jwt_hs256_secret {
+            c.auth.hs256_secret = Some(v);
+        }
+        if let Some(path) = self.jwt_es256_public_key {
+            let pem = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading ES256 public key {}", path.display()))?;
+            c.auth.es256_public_key_pem = Some(pem);
+        }
+        if let Some(v) = self.jwt_audience {
+            c.auth.audience = v;
+        }
+        if let Some(v) = self.jwt_issuer {
+            c.auth.issuer = v;
+        }
+        if !self.allow_origin.is_empty() {
+            c.allowed_origins = self.allow_origin;
+        }
+        if let Some(v) = self.outbound_queue {
+            c.outbound_queue = v;
+        }
+        if let Some(v) = self.max_messages_per_sec {
+            c.max_messages_per_sec = v;
+        }
+        if let Some(v) = self.message_burst {
+            c.message_burst = v;
+        }
+        if let Some(v) = self.max_docs_per_conn {
+            c.max_docs_per_conn = v;
+        }
+        if let Some(v) = self.max_rooms_per_conn {
+            c.max_rooms_per_conn = v;
+        }
+        Ok(())
+    }
+}
+
+/// Checks the edge settings.
+pub fn validate_edge(c: &GatewayConfig) -> anyhow::Result<()> {
+    if c.max_message_bytes < 64 {
+        bail!("--max-message-bytes must be at least 64");
+    }
+    if c.outbound_queue == 0 {
+        bail!("--outbound-queue must be at least 1");
+    }
+    if c.auth.hs256_secret.as_ref().is_some_and(|s| s.len() < 16) {
+        bail!("the HS256 secret must be at least 16 bytes");
+    }
+    Ok(())
+}
+
+/// Documents and rooms on their owner.
+#[derive(Debug, Args)]
+pub struct CoreOpts {
+    /// Largest stored document size in bytes [default: 67108864].
+    #[arg(long, env = "TANDEM_MAX_DOC_BYTES")]
+    pub max_doc_bytes: Option<usize>,
+    /// Deepest nesting accepted inside a Yjs update [default: 32].
+    #[arg(long, env = "TANDEM_MAX_UPDATE_DEPTH")]
+    pub max_update_depth: Option<usize>,
     /// Seconds after the last client leaves before a document is unloaded [default: 30].
     #[arg(long, env = "TANDEM_IDLE_UNLOAD_SECS")]
     pub idle_unload_secs: Option<f64>,
@@ -121,12 +230,6 @@ pub struct DevOpts {
     /// Events between snapshots [default: 500].
     #[arg(long, env = "TANDEM_SNAPSHOT_EVERY")]
     pub snapshot_every: Option<u64>,
-    /// Documents one /v1 socket may have open [default: 100].
-    #[arg(long, env = "TANDEM_MAX_DOCS_PER_CONN")]
-    pub max_docs_per_conn: Option<usize>,
-    /// Rooms one /v1 socket may have joined [default: 100].
-    #[arg(long, env = "TANDEM_MAX_ROOMS_PER_CONN")]
-    pub max_rooms_per_conn: Option<usize>,
     /// Events per room kept in memory for resume and retry detection [default: 1000].
     #[arg(long, env = "TANDEM_HISTORY_WINDOW")]
     pub history_window: Option<usize>,
@@ -155,92 +258,32 @@ pub struct DevOpts {
     pub max_history_page: Option<usize>,
 }
 
-impl DevOpts {
-    /// Merges file, env and flags, and validates the result.
-    pub fn into_config(self) -> anyhow::Result<DevConfig> {
-        let mut c = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading config file {}", path.display()))?;
-                toml::from_str(&text)
-                    .with_context(|| format!("parsing config file {}", path.display()))?
-            }
-            None => DevConfig::default(),
-        };
-        if let Some(v) = self.listen {
-            c.listen = v;
-        }
-        if let Some(v) = self.data {
-            c.data = v;
-        }
-        if let Some(v) = self.shards {
-            c.shards = v;
-        }
-        if let Some(v) = self.database_url {
-            c.database_url = Some(v);
-        }
-        if let Some(v) = self.redis_url {
-            c.redis_url = Some(v);
-        }
-        if let Some(v) = self.jwt_hs256_secret {
-            c.gateway.auth.hs256_secret = Some(v);
-        }
-        if let Some(path) = self.jwt_es256_public_key {
-            let pem = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading ES256 public key {}", path.display()))?;
-            c.gateway.auth.es256_public_key_pem = Some(pem);
-        }
-        if let Some(v) = self.jwt_audience {
-            c.gateway.auth.audience = v;
-        }
-        if let Some(v) = self.jwt_issuer {
-            c.gateway.auth.issuer = v;
-        }
-        if !self.allow_origin.is_empty() {
-            c.gateway.allowed_origins = self.allow_origin;
-        }
-        if let Some(v) = self.max_message_bytes {
-            c.gateway.max_message_bytes = v;
-            c.shard.max_update_bytes = v;
-        }
+impl CoreOpts {
+    /// Applies the flags given to `c`.
+    pub fn apply(self, c: &mut CoreConfig) -> anyhow::Result<()> {
         if let Some(v) = self.max_doc_bytes {
-            c.shard.max_doc_bytes = v;
+            c.max_doc_bytes = v;
         }
         if let Some(v) = self.max_update_depth {
-            c.shard.max_update_depth = v;
-        }
-        if let Some(v) = self.outbound_queue {
-            c.gateway.outbound_queue = v;
-        }
-        if let Some(v) = self.max_messages_per_sec {
-            c.gateway.max_messages_per_sec = v;
-        }
-        if let Some(v) = self.message_burst {
-            c.gateway.message_burst = v;
+            c.max_update_depth = v;
         }
         if let Some(v) = self.idle_unload_secs {
-            c.shard.idle_unload = Duration::try_from_secs_f64(v).context("--idle-unload-secs")?;
+            c.idle_unload = Duration::try_from_secs_f64(v).context("--idle-unload-secs")?;
         }
         if let Some(v) = self.awareness_timeout_secs {
-            c.shard.awareness_timeout =
+            c.awareness_timeout =
                 Duration::try_from_secs_f64(v).context("--awareness-timeout-secs")?;
         }
         if let Some(v) = self.awareness_flush_ms {
-            c.shard.awareness_flush = Duration::from_millis(v);
+            c.awareness_flush = Duration::from_millis(v);
         }
         if let Some(v) = self.retain_events {
-            c.shard.retain_events = Some(v);
+            c.retain_events = Some(v);
         }
         if let Some(v) = self.snapshot_every {
-            c.shard.snapshot_every = v;
+            c.snapshot_every = v;
         }
-        if let Some(v) = self.max_docs_per_conn {
-            c.gateway.max_docs_per_conn = v;
-        }
-        if let Some(v) = self.max_rooms_per_conn {
-            c.gateway.max_rooms_per_conn = v;
-        }
-        let rooms = &mut c.shard.rooms;
+        let rooms = &mut c.rooms;
         if let Some(v) = self.history_window {
             rooms.history_window = v;
         }
@@ -266,40 +309,74 @@ impl DevOpts {
         if let Some(v) = self.max_history_page {
             rooms.max_history_page = v;
         }
-        if c.shard.rooms.history_window == 0 {
-            bail!("--history-window must be at least 1");
+        Ok(())
+    }
+}
+
+/// Checks the document and room settings.
+pub fn validate_core(c: &CoreConfig) -> anyhow::Result<()> {
+    if c.rooms.history_window == 0 {
+        bail!("--history-window must be at least 1");
+    }
+    if c.rooms.max_history_page == 0 {
+        bail!("--max-history-page must be at least 1");
+    }
+    if c.snapshot_every == 0 {
+        bail!("--snapshot-every must be at least 1");
+    }
+    // yrs recurses on nesting; the validator's limit is what keeps its stack safe.
+    if c.max_update_depth == 0 || c.max_update_depth > 256 {
+        bail!("--max-update-depth must be between 1 and 256");
+    }
+    Ok(())
+}
+
+/// `tandem dev` options; each overrides the config file.
+#[derive(Debug, Args)]
+pub struct DevOpts {
+    /// TOML file with any of the settings below (flags and env vars win over it).
+    #[arg(long, env = "TANDEM_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Number of in-process shards [default: 2].
+    #[arg(long, env = "TANDEM_SHARDS")]
+    pub shards: Option<usize>,
+    /// Largest WebSocket message (and Yjs update) in bytes [default: 1048576].
+    #[arg(long, env = "TANDEM_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    #[command(flatten)]
+    pub store: StoreOpts,
+    #[command(flatten)]
+    pub edge: EdgeOpts,
+    #[command(flatten)]
+    pub core: CoreOpts,
+}
+
+impl DevOpts {
+    /// Merges file, env and flags, and validates the result.
+    pub fn into_config(self) -> anyhow::Result<DevConfig> {
+        let mut c: DevConfig = load(self.config.as_deref())?;
+        let mut store = c.store();
+        self.store.apply(&mut store);
+        c.data = store.data;
+        c.database_url = store.database_url;
+        c.redis_url = store.redis_url;
+        self.edge.apply(&mut c.gateway, &mut c.listen)?;
+        self.core.apply(&mut c.shard)?;
+        if let Some(v) = self.shards {
+            c.shards = v;
         }
-        if c.shard.rooms.max_history_page == 0 {
-            bail!("--max-history-page must be at least 1");
+        if let Some(v) = self.max_message_bytes {
+            c.gateway.max_message_bytes = v;
+            c.shard.max_update_bytes = v;
         }
         // `tandem dev` is the zero-setup mode: anonymous unless a key is configured.
-        let has_key =
-            c.gateway.auth.hs256_secret.is_some() || c.gateway.auth.es256_public_key_pem.is_some();
-        c.gateway.auth.allow_anonymous = !has_key;
+        let auth = &mut c.gateway.auth;
+        auth.allow_anonymous = auth.hs256_secret.is_none() && auth.es256_public_key_pem.is_none();
         if c.shards == 0 || c.shards > 64 {
             bail!("--shards must be between 1 and 64");
         }
-        if c.gateway.max_message_bytes < 64 {
-            bail!("--max-message-bytes must be at least 64");
-        }
-        if c.gateway.outbound_queue == 0 {
-            bail!("--outbound-queue must be at least 1");
-        }
-        if c.shard.snapshot_every == 0 {
-            bail!("--snapshot-every must be at least 1");
-        }
-        // yrs recurses on nesting; the validator's limit is what keeps its stack safe.
-        if c.shard.max_update_depth == 0 || c.shard.max_update_depth > 256 {
-            bail!("--max-update-depth must be between 1 and 256");
-        }
-        if c.gateway
-            .auth
-            .hs256_secret
-            .as_ref()
-            .is_some_and(|s| s.len() < 16)
-        {
-            bail!("the HS256 secret must be at least 16 bytes");
-        }
+        validate_edge(&c.gateway)?;
+        validate_core(&c.shard)?;
         Ok(c)
     }
 }

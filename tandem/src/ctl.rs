@@ -11,7 +11,7 @@ use router::membership::{Membership, View};
 use router::{Member, Ring};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::cluster::AdminStats;
+use shard::process::AdminStats;
 
 /// `tandem ctl` options.
 #[derive(Debug, Args)]

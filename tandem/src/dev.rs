@@ -4,19 +4,17 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use gateway::{Gateway, Routes};
+use prometheus::Registry;
 use proto::ShardId;
-use shard::metrics::Metrics;
-use store::bus::{BusConfig, BusLog};
-use store::postgres::PgLog;
-use store::sqlite::SqliteLog;
-use store::EventLog;
+use store::Backend;
 
 use crate::config::DevConfig;
 
 /// Runs until Ctrl-C / SIGTERM, then closes every connection, commits everything and returns.
 pub async fn run(cfg: DevConfig) -> anyhow::Result<()> {
-    let store = Store::open(&cfg).await?;
-    let metrics = Metrics::new();
+    let store = Backend::open(&cfg.store()).await?;
+    let registry = Registry::new();
+    let metrics = shard::metrics::Metrics::new(&registry);
     let shards: Vec<_> = (0..cfg.shards)
         .map(|i| {
             let id = ShardId::parse(&format!("dev-{i}")).expect("dev shard ids are valid");
@@ -31,8 +29,8 @@ pub async fn run(cfg: DevConfig) -> anyhow::Result<()> {
     }
     let gw = Arc::new(Gateway::new(
         cfg.gateway.clone(),
-        Routes::new(shards.clone()),
-        metrics.clone(),
+        Routes::new(shards.iter().map(|s| s.handle()).collect()),
+        gateway::Metrics::new(&registry),
     )?);
     let listener = gateway::server::bind(cfg.listen, cfg.gateway.listen_backlog)
         .with_context(|| format!("binding {}", cfg.listen))?;
@@ -49,85 +47,12 @@ pub async fn run(cfg: DevConfig) -> anyhow::Result<()> {
     gw.close_sessions();
     // Let the connection writers flush their 1001 close frames.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
-    while metrics.connections.get() > 0 && tokio::time::Instant::now() < deadline {
+    while gw.metrics().connections.get() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     store.close().await;
     tracing::info!("stopped cleanly");
     Ok(())
-}
-
-/// The event log `tandem dev` runs on (the record), optionally published to the Redis bus.
-pub(crate) struct Store {
-    record: Record,
-    bus: Option<Arc<BusLog>>,
-}
-
-enum Record {
-    Sqlite(Arc<SqliteLog>),
-    Postgres(Arc<PgLog>),
-}
-
-impl Store {
-    pub(crate) async fn open(cfg: &DevConfig) -> anyhow::Result<Self> {
-        let record = Record::open(cfg).await?;
-        let bus = match &cfg.redis_url {
-            Some(url) => {
-                let bus = BusLog::connect(record.log(), BusConfig::new(url.clone()))
-                    .await
-                    .context("connecting to Redis (--redis-url)")?;
-                tracing::info!("event bus: Redis Streams");
-                Some(Arc::new(bus))
-            }
-            None => None,
-        };
-        Ok(Self { record, bus })
-    }
-
-    pub(crate) fn log(&self) -> Arc<dyn EventLog> {
-        match &self.bus {
-            Some(b) => b.clone(),
-            None => self.record.log(),
-        }
-    }
-
-    pub(crate) async fn close(&self) {
-        self.record.close().await;
-    }
-}
-
-impl Record {
-    async fn open(cfg: &DevConfig) -> anyhow::Result<Self> {
-        if let Some(url) = &cfg.database_url {
-            let log = PgLog::connect(url)
-                .await
-                .context("connecting to PostgreSQL (--database-url)")?;
-            tracing::info!("event log: PostgreSQL");
-            return Ok(Self::Postgres(Arc::new(log)));
-        }
-        std::fs::create_dir_all(&cfg.data)
-            .with_context(|| format!("creating data folder {}", cfg.data.display()))?;
-        let db = cfg.data.join("tandem.db");
-        let log = SqliteLog::open(&db)
-            .await
-            .with_context(|| format!("opening {}", db.display()))?;
-        tracing::info!(file = %db.display(), "event log: embedded SQLite");
-        Ok(Self::Sqlite(Arc::new(log)))
-    }
-
-    fn log(&self) -> Arc<dyn EventLog> {
-        match self {
-            Self::Sqlite(l) => l.clone(),
-            Self::Postgres(l) => l.clone(),
-        }
-    }
-
-    async fn close(&self) {
-        match self {
-            Self::Sqlite(l) => l.close().await,
-            Self::Postgres(l) => l.close().await,
-        }
-    }
 }
 
 pub(crate) async fn shutdown_signal() {

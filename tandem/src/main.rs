@@ -141,11 +141,13 @@ fn main() -> anyhow::Result<()> {
             }),
         Cmd::Shard(o) => {
             init_logs();
-            runtime()?.block_on(cluster::run_shard(*o))
+            let cfg = (*o).into_config()?;
+            runtime()?.block_on(cluster::run_shard(cfg))
         }
         Cmd::Gateway(o) => {
             init_logs();
-            runtime()?.block_on(cluster::run_gateway(*o))
+            let cfg = (*o).into_config()?;
+            runtime()?.block_on(cluster::run_gateway(cfg))
         }
         Cmd::Ctl(o) => tokio::runtime::Builder::new_current_thread()
             .enable_all()

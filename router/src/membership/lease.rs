@@ -61,7 +61,11 @@ impl LeaseKeeper {
     }
 
     /// The answer to the renewal sent at `sent` (`Err`: Redis did not answer).
-    pub fn handle_renewed<E>(&mut self, sent: Instant, answer: Result<Lease, E>) -> Option<LeaseEvent> {
+    pub fn handle_renewed<E>(
+        &mut self,
+        sent: Instant,
+        answer: Result<Lease, E>,
+    ) -> Option<LeaseEvent> {
         let stalled = sent.saturating_duration_since(self.last) >= self.lease;
         match answer {
             Ok(Lease::Held) => {

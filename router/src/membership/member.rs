@@ -164,7 +164,8 @@ impl ShardMember {
             || self.own.serving != serving
             || self.own.draining != draining;
         if changed {
-            let moved_keys = self.own.ring.version() != view.ring.version() || self.own.serving != serving;
+            let moved_keys =
+                self.own.ring.version() != view.ring.version() || self.own.serving != serving;
             let own = Arc::new(Ownership {
                 ring: view.ring.clone(),
                 serving,

@@ -333,7 +333,10 @@ impl LinkSession {
             Frame::Ping => self.transmit(session, &Frame::Pong),
             other => {
                 // Shard → gateway kinds (and pongs: only gateways ping) mean a confused peer.
-                self.go_down(format!("unexpected {:?} frame from a gateway", other.kind()));
+                self.go_down(format!(
+                    "unexpected {:?} frame from a gateway",
+                    other.kind()
+                ));
             }
         }
     }

@@ -89,7 +89,9 @@ impl Window {
 
     /// Whether a committed event deletes `target`.
     pub fn deletes(&self, target: Seq) -> bool {
-        self.events.iter().any(|c| deletes(&c.event.payload, target))
+        self.events
+            .iter()
+            .any(|c| deletes(&c.event.payload, target))
     }
 
     /// The position of the newest event (where a client that saw everything resumes).

@@ -274,7 +274,12 @@ impl RoomCore {
                     .idle_since
                     .filter(|_| r.is_quiet())
                     .map(|t| t + self.idle_unload);
-                [idle, r.roster.next_ghost(), r.flush_at, r.typing.next_expiry]
+                [
+                    idle,
+                    r.roster.next_ghost(),
+                    r.flush_at,
+                    r.typing.next_expiry,
+                ]
             })
             .flatten()
             .min()
@@ -366,7 +371,10 @@ impl RoomCore {
                 return;
             }
             let conn = q.conn;
-            match r.life.queue(q, MAX_QUEUED_WHILE_LOADING, |x| x.conn == conn) {
+            match r
+                .life
+                .queue(q, MAX_QUEUED_WHILE_LOADING, |x| x.conn == conn)
+            {
                 Ok(()) => {
                     if is_join {
                         self.conns.entry(conn).or_default().insert(room);
@@ -970,7 +978,10 @@ impl RoomCore {
             for u in r.roster.expire_ghosts(now) {
                 gone.push((id.clone(), u));
             }
-            if r.is_quiet() && r.life.unload_due(now, self.idle_unload, !r.roster.is_empty()) {
+            if r.is_quiet()
+                && r.life
+                    .unload_due(now, self.idle_unload, !r.roster.is_empty())
+            {
                 idle.push(id.clone());
             }
         }
@@ -995,7 +1006,8 @@ impl RoomCore {
         {
             self.snapshot(room);
             self.rooms.remove(room);
-            self.out.push_back(RoomOutput::Unloaded { room: room.clone() });
+            self.out
+                .push_back(RoomOutput::Unloaded { room: room.clone() });
         }
     }
 

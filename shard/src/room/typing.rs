@@ -38,7 +38,11 @@ impl Typing {
     }
 
     /// The new typist list if it differs from the one last broadcast (and records it as sent).
-    pub fn changed(&mut self, now: Instant, members: &BTreeMap<ConnId, Member>) -> Option<Vec<UserId>> {
+    pub fn changed(
+        &mut self,
+        now: Instant,
+        members: &BTreeMap<ConnId, Member>,
+    ) -> Option<Vec<UserId>> {
         let typists = typists(now, members);
         if typists == self.sent {
             return None;

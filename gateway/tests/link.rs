@@ -1,16 +1,19 @@
-//! The gateway ↔ shard link end to end over loopback TCP: a shard driver (in-memory log) behind a
-//! link listener, and a gateway-side `LinkClient`.
+//! The gateway ↔ shard link end to end over loopback TCP: a shard driver (in-memory log) behind its
+//! link listener, and the gateway's `LinkClient`. (The link's decisions are tested without sockets,
+//! on a virtual clock, in `link_session.rs`.)
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use gateway::link::LinkClient;
 use proto::yjs::message::{self, Message};
 use proto::{DocId, ShardId, UserId};
+use router::Ownership;
 use router::Ring;
-use shard::driver::ShardHandle;
-use shard::link::{LinkClient, Ownership, ServerConfig};
+use shard::handle::{ConnId, ConnOut, ConnQueue, ConnSink, ShardHandle};
+use shard::link::ServerConfig;
 use shard::metrics::Metrics;
-use shard::{ConnId, ConnOut, ConnQueue, ConnSink, CoreConfig};
+use shard::CoreConfig;
 use tokio::sync::{watch, Notify};
 
 struct Shard {
@@ -21,7 +24,7 @@ struct Shard {
 
 async fn shard(id: &ShardId, serving: bool) -> Shard {
     let log = Arc::new(store::memory::MemoryLog::new());
-    let handle = shard::driver::spawn(id.clone(), CoreConfig::default(), log, Metrics::new());
+    let local = shard::driver::spawn(id.clone(), CoreConfig::default(), log, Metrics::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -29,6 +32,7 @@ async fn shard(id: &ShardId, serving: bool) -> Shard {
     let (own, own_rx) = watch::channel(Arc::new(Ownership {
         ring: Ring::uniform(1, [id.clone()]),
         serving,
+        draining: false,
     }));
     let (stop, stop_rx) = watch::channel(false);
     tokio::spawn(shard::link::serve(
@@ -37,8 +41,9 @@ async fn shard(id: &ShardId, serving: bool) -> Shard {
             shard: id.clone(),
             max_link_bytes: 1 << 20,
             max_history_in_flight: 4,
+            max_frame: proto::link::MAX_FRAME,
         },
-        handle,
+        local.handle(),
         own_rx,
         Arc::new(Notify::new()),
         stop_rx,
@@ -46,11 +51,12 @@ async fn shard(id: &ShardId, serving: bool) -> Shard {
     Shard { addr, own, stop }
 }
 
-async fn linked(id: &ShardId, addr: &str) -> ShardHandle {
+async fn linked(id: &ShardId, addr: &str) -> (LinkClient, ShardHandle) {
     let link = LinkClient::start(id.clone(), addr.to_owned(), 64, Arc::new(Notify::new()));
     for _ in 0..200 {
         if link.is_connected() {
-            return ShardHandle::remote(id.clone(), link);
+            let h = link.handle();
+            return (link, h);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -76,7 +82,7 @@ fn user() -> UserId {
 async fn a_document_session_syncs_over_the_link() {
     let id = ShardId::parse("s1").expect("valid");
     let s = shard(&id, true).await;
-    let h = linked(&id, &s.addr).await;
+    let (_link, h) = linked(&id, &s.addr).await;
     let (sink, mut q) = ConnSink::new(64, 1 << 20);
     assert!(h.open(ConnId(7), doc(), user(), true, sink).await);
     // The server greets with its sync step 1.
@@ -101,7 +107,7 @@ async fn a_document_session_syncs_over_the_link() {
 async fn a_shard_that_does_not_own_the_key_refuses_it() {
     let id = ShardId::parse("s1").expect("valid");
     let s = shard(&id, false).await;
-    let h = linked(&id, &s.addr).await;
+    let (_link, h) = linked(&id, &s.addr).await;
     let (sink, mut q) = ConnSink::new(64, 1 << 20);
     assert!(h.open(ConnId(1), doc(), user(), true, sink).await);
     match next(&mut q).await {
@@ -118,12 +124,12 @@ async fn a_shard_that_does_not_own_the_key_refuses_it() {
 async fn a_ring_change_ends_sessions_of_moved_keys() {
     let id = ShardId::parse("s1").expect("valid");
     let s = shard(&id, true).await;
-    let h = linked(&id, &s.addr).await;
+    let (_link, h) = linked(&id, &s.addr).await;
     let (sink, mut q) = ConnSink::new(64, 1 << 20);
     assert!(h.open(ConnId(3), doc(), user(), true, sink).await);
     assert!(matches!(next(&mut q).await, ConnOut::Frame(_)));
     // The gateway learns that another shard owns every key now.
-    h.link().expect("remote").evict(|_| false);
+    _link.evict(|_| false);
     loop {
         match next(&mut q).await {
             ConnOut::Close(code, _) => {
@@ -150,7 +156,7 @@ async fn a_dropped_link_ends_its_sessions_and_reconnects() {
         let (second, _) = listener.accept().await.expect("the link reconnects");
         second
     });
-    let h = linked(&id, &addr).await;
+    let (_link, h) = linked(&id, &addr).await;
     let (sink, mut q) = ConnSink::new(64, 1 << 20);
     assert!(h.open(ConnId(5), doc(), user(), true, sink).await);
     match next(&mut q).await {
@@ -163,9 +169,26 @@ async fn a_dropped_link_ends_its_sessions_and_reconnects() {
         .expect("task");
 }
 
+/// Reads one link frame: its kind byte, session and payload.
+async fn read_frame(r: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> (u8, u64, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(n) = proto::link::check(buf, proto::link::MAX_FRAME).expect("a frame") {
+            let frame: Vec<u8> = buf.drain(..n).collect();
+            let session = u64::from_be_bytes(frame[5..13].try_into().expect("8 bytes"));
+            return (frame[4], session, frame[13..].to_vec());
+        }
+        let read = tokio::time::timeout(Duration::from_secs(5), r.read_buf(buf))
+            .await
+            .expect("answered in time")
+            .expect("io");
+        assert!(read > 0, "the link closed");
+    }
+}
+
 #[tokio::test]
 async fn bad_link_input_drops_only_that_link_or_session() {
-    use shard::link::{encode, kind, read_frame};
+    use proto::link::{encode_parts, Kind};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let id = ShardId::parse("s1").expect("valid");
     let s = shard(&id, true).await;
@@ -184,27 +207,18 @@ async fn bad_link_input_drops_only_that_link_or_session() {
     let mut raw = tokio::net::TcpStream::connect(&s.addr)
         .await
         .expect("connect");
-    raw.write_all(&encode(kind::OPEN, 9, b"{not json"))
-        .await
-        .expect("write");
-    raw.write_all(&encode(kind::PING, 0, &[]))
-        .await
-        .expect("write");
-    let (k, session, payload) = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut raw))
-        .await
-        .expect("answered")
-        .expect("io")
-        .expect("frame");
-    assert_eq!((k, session), (kind::END, 9));
+    let mut out = Vec::new();
+    encode_parts(Kind::Open, 9, &[b"{not json"], &mut out);
+    encode_parts(Kind::Ping, 0, &[], &mut out);
+    raw.write_all(&out).await.expect("write");
+    let mut rbuf = Vec::new();
+    let (k, session, payload) = read_frame(&mut raw, &mut rbuf).await;
+    assert_eq!((k, session), (Kind::End as u8, 9));
     assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1002);
-    let (k, _, _) = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut raw))
-        .await
-        .expect("answered")
-        .expect("io")
-        .expect("frame");
-    assert_eq!(k, kind::PONG, "the same link still answers");
+    let (k, _, _) = read_frame(&mut raw, &mut rbuf).await;
+    assert_eq!(k, Kind::Pong as u8, "the same link still answers");
     // And a proper client still syncs.
-    let h = linked(&id, &s.addr).await;
+    let (_link, h) = linked(&id, &s.addr).await;
     let (sink, mut q) = ConnSink::new(64, 1 << 20);
     assert!(h.open(ConnId(1), doc(), user(), true, sink).await);
     assert!(matches!(next(&mut q).await, ConnOut::Frame(_)));

@@ -1,5 +1,10 @@
-//! One WebSocket connection: a reader that forwards binary messages to the owning shard, and a writer
-//! that sends what the shard queues for it.
+//! A WebSocket after the upgrade, whatever it speaks: a reader that reassembles messages, enforces
+//! RFC 6455, the message size and the per-socket rate, and hands each message to an [`Inbound`]
+//! (the y-websocket endpoint or a `/v1` session); and a writer that sends what the shards (and, on
+//! `/v1`, the session) queue for it, pings, and closes.
+//!
+//! fastwebsockets' `read_frame` is not cancel-safe, so the reader never races it in a `select!`; it
+//! is cancelled only when the connection is being torn down anyway (idle timeout, draining).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,23 +13,12 @@ use std::time::Duration;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocket, WebSocketError};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use proto::{DocId, UserId};
-use shard::{ConnId, ConnOut, ConnSink, ShardHandle};
+use shard::handle::{ConnOut, ConnQueue, ConnSink};
 use tokio::sync::Mutex;
 
-use crate::server::Gateway;
-
-/// What the pre-upgrade checks decided about a connection.
-pub struct ConnParams {
-    /// The connection's number.
-    pub conn: ConnId,
-    /// Its document.
-    pub doc: DocId,
-    /// Its user.
-    pub actor: UserId,
-    /// Whether its updates are accepted.
-    pub can_write: bool,
-}
+use crate::metrics::Metrics;
+use crate::rate::TokenBucket;
+use crate::state::Gateway;
 
 pub(crate) type Io = TokioIo<Upgraded>;
 type Sock = crate::batch_io::BatchWriter<tokio::io::WriteHalf<Io>>;
@@ -58,13 +52,16 @@ fn close_code_for(e: &WebSocketError) -> Option<u16> {
 pub(crate) struct Out {
     writer: Writer,
     closed: Arc<AtomicBool>,
+    metrics: Metrics,
 }
 
 impl Out {
+    /// Sends the socket's one close frame (later calls do nothing), counted by code.
     pub(crate) async fn close(&self, code: u16, reason: &str, timeout: Duration) {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
         }
+        self.metrics.closed(code);
         let mut w = self.writer.lock().await;
         let _ = tokio::time::timeout(
             timeout,
@@ -115,7 +112,7 @@ pub(crate) trait Inbound: Send {
 pub(crate) struct Socket {
     pub reader: fastwebsockets::WebSocketRead<tokio::io::ReadHalf<Io>>,
     pub out: Out,
-    pub queue: shard::ConnQueue,
+    pub queue: ConnQueue,
     /// The shard's (and, on `/v1`, the gateway's) handle on the outbound queue.
     pub sink: ConnSink,
     pub write_timeout: Duration,
@@ -138,70 +135,12 @@ impl Socket {
             out: Out {
                 writer: Arc::new(Mutex::new(writer)),
                 closed: Arc::new(AtomicBool::new(false)),
+                metrics: gw.metrics.clone(),
             },
             queue,
             sink,
             write_timeout: Duration::from_secs(gw.cfg.write_timeout_secs.max(1)),
         }
-    }
-}
-
-/// Runs a y-websocket connection until either side closes it.
-pub async fn run(gw: Arc<Gateway>, shard: ShardHandle, p: ConnParams, ws: WebSocket<Io>) {
-    let Socket {
-        reader,
-        out: out_half,
-        queue,
-        sink,
-        write_timeout,
-    } = Socket::new(&gw, ws);
-    gw.metrics.connections.inc();
-    if !Box::pin(shard.open(p.conn, p.doc.clone(), p.actor.clone(), p.can_write, sink)).await {
-        Box::pin(out_half.close(1011, "shard unavailable", write_timeout)).await;
-        gw.metrics.connections.dec();
-        return;
-    }
-    let inbound = DocInbound {
-        shard: shard.clone(),
-        conn: p.conn,
-    };
-    let reader_task = tokio::spawn(read_loop(
-        gw.clone(),
-        reader,
-        out_half.clone(),
-        false,
-        inbound,
-    ));
-    write_loop(&gw, &out_half, queue, write_timeout, None).await;
-    // Give the client a moment to answer our close frame, then tear the reader down.
-    let abort = reader_task.abort_handle();
-    if Box::pin(tokio::time::timeout(Duration::from_secs(2), reader_task))
-        .await
-        .is_err()
-    {
-        abort.abort();
-        Box::pin(shard.close(p.conn)).await;
-    }
-    gw.metrics.connections.dec();
-}
-
-/// The y-websocket endpoint: every binary message goes to the document's shard.
-struct DocInbound {
-    shard: ShardHandle,
-    conn: ConnId,
-}
-
-impl Inbound for DocInbound {
-    async fn message(&mut self, _text: bool, data: Vec<u8>) -> Result<(), (u16, &'static str)> {
-        if Box::pin(self.shard.message(self.conn, data)).await {
-            Ok(())
-        } else {
-            Err((1011, "shard unavailable"))
-        }
-    }
-
-    async fn finish(&mut self) {
-        Box::pin(self.shard.close(self.conn)).await;
     }
 }
 
@@ -219,7 +158,11 @@ pub(crate) async fn read_loop<I: Inbound>(
     let write_timeout = Duration::from_secs(gw.cfg.write_timeout_secs.max(1));
     let idle_timeout = Duration::from_secs(gw.cfg.idle_timeout_secs.max(1));
     let mut partial: Option<(bool, Vec<u8>)> = None;
-    let mut bucket = RateLimit::new(gw.cfg.max_messages_per_sec, gw.cfg.message_burst);
+    let mut bucket = TokenBucket::new(
+        tokio::time::Instant::now().into_std(),
+        gw.cfg.max_messages_per_sec,
+        gw.cfg.message_burst,
+    );
     // Set when this side closed because of the client's input: keep reading (and discarding)
     // until the client's close frame or EOF, so the close frame is not lost to a TCP reset
     // caused by unread data.
@@ -269,10 +212,6 @@ pub(crate) async fn read_loop<I: Inbound>(
             Ok(f) => f,
             Err(e) => {
                 if let (Some(code), None) = (close_code_for(&e), draining) {
-                    gw.metrics
-                        .closes
-                        .with_label_values(&[&code.to_string()])
-                        .inc();
                     Box::pin(out_half.close(code, reason_for(code), write_timeout)).await;
                 }
                 break;
@@ -284,20 +223,13 @@ pub(crate) async fn read_loop<I: Inbound>(
             }
             continue;
         }
-        let refuse = |code: u16| {
-            gw.metrics
-                .closes
-                .with_label_values(&[&code.to_string()])
-                .inc();
-            code
-        };
         let mut frame = frame;
         // RFC 6455 §5.1: a server must close on a frame from the client that is not masked.
         let masked = is_masked(&mut frame);
         let message = match frame.opcode {
-            _ if !masked => Err(refuse(1002)),
-            OpCode::Text if !allow_text => Err(refuse(1003)),
-            OpCode::Binary | OpCode::Text if partial.is_some() => Err(refuse(1002)),
+            _ if !masked => Err(1002),
+            OpCode::Text if !allow_text => Err(1003),
+            OpCode::Binary | OpCode::Text if partial.is_some() => Err(1002),
             OpCode::Binary | OpCode::Text if frame.fin => {
                 Ok((frame.opcode == OpCode::Text, frame.payload.to_vec()))
             }
@@ -306,8 +238,8 @@ pub(crate) async fn read_loop<I: Inbound>(
                 continue;
             }
             OpCode::Continuation => match partial.as_mut() {
-                None => Err(refuse(1002)),
-                Some((_, buf)) if buf.len() + frame.payload.len() > max => Err(refuse(1009)),
+                None => Err(1002),
+                Some((_, buf)) if buf.len() + frame.payload.len() > max => Err(1009),
                 Some((_, buf)) => {
                     buf.extend_from_slice(&frame.payload);
                     if !frame.fin {
@@ -320,14 +252,16 @@ pub(crate) async fn read_loop<I: Inbound>(
             OpCode::Ping | OpCode::Pong => continue,
         };
         let message = match message {
-            Ok((_, m)) if m.len() > max => Err(refuse(1009)),
+            Ok((_, m)) if m.len() > max => Err(1009),
             // RFC 6455 §8.1: a text message that is not UTF-8 fails the connection (1007).
-            Ok((true, m)) if std::str::from_utf8(&m).is_err() => Err(refuse(1007)),
+            Ok((true, m)) if std::str::from_utf8(&m).is_err() => Err(1007),
             other => other,
         };
         let failed = match message {
             Ok((text, m)) => {
-                Box::pin(bucket.take()).await;
+                if let Some(until) = bucket.take(tokio::time::Instant::now().into_std()) {
+                    Box::pin(tokio::time::sleep_until(until.into())).await;
+                }
                 match Box::pin(inbound.message(text, m)).await {
                     Ok(()) => None,
                     Err((code, reason)) => {
@@ -353,11 +287,11 @@ pub(crate) async fn read_loop<I: Inbound>(
 pub(crate) async fn write_loop(
     gw: &Gateway,
     out_half: &Out,
-    queue: shard::ConnQueue,
+    queue: ConnQueue,
     write_timeout: Duration,
     mut closing: Option<tokio::sync::watch::Receiver<bool>>,
 ) {
-    let shard::ConnQueue {
+    let ConnQueue {
         rx: mut out,
         kill_code: kill,
         queued_bytes,
@@ -472,82 +406,5 @@ pub(crate) async fn write_loop(
         if stop || !flushed {
             break;
         }
-    }
-}
-
-/// Per-socket token bucket. Over the limit the reader waits instead of reading on, which pushes back on
-/// the client through TCP flow control: nothing is dropped and the connection stays up.
-struct RateLimit {
-    per_sec: f64,
-    burst: f64,
-    tokens: f64,
-    last: tokio::time::Instant,
-}
-
-impl RateLimit {
-    fn new(per_sec: u32, burst: u32) -> Self {
-        let burst = f64::from(burst.max(1));
-        Self {
-            per_sec: f64::from(per_sec),
-            burst,
-            tokens: burst,
-            last: tokio::time::Instant::now(),
-        }
-    }
-
-    async fn take(&mut self) {
-        if self.per_sec <= 0.0 {
-            return;
-        }
-        let now = tokio::time::Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.per_sec)
-            .min(self.burst);
-        self.last = now;
-        if self.tokens < 1.0 {
-            let wait = (1.0 - self.tokens) / self.per_sec;
-            tokio::time::sleep(Duration::from_secs_f64(wait)).await;
-            self.tokens = 1.0;
-            self.last = tokio::time::Instant::now();
-        }
-        self.tokens -= 1.0;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::RateLimit;
-    use std::time::Duration;
-
-    #[tokio::test(start_paused = true)]
-    async fn rate_limit_allows_the_burst_then_paces() {
-        let mut r = RateLimit::new(10, 5);
-        let start = tokio::time::Instant::now();
-        for _ in 0..5 {
-            r.take().await;
-        }
-        assert_eq!(
-            start.elapsed(),
-            Duration::ZERO,
-            "the burst passes without waiting"
-        );
-        for _ in 0..10 {
-            r.take().await;
-        }
-        // Ten more at 10/s take about a second of (virtual) time.
-        let waited = start.elapsed();
-        assert!(
-            waited >= Duration::from_millis(950) && waited <= Duration::from_millis(1050),
-            "{waited:?}"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn zero_means_unlimited() {
-        let mut r = RateLimit::new(0, 1);
-        let start = tokio::time::Instant::now();
-        for _ in 0..1000 {
-            r.take().await;
-        }
-        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 }
