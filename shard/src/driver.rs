@@ -22,12 +22,10 @@ use crate::config::CoreConfig;
 use crate::core::{Output, ShardCore};
 use crate::handle::{
     room_error, ConnId, ConnSink, Owns, Permit, PortFuture, RoomCmd, ShardHandle, ShardPort, Stats,
+    ROOM_MOVING,
 };
 use crate::metrics::Metrics;
 use crate::room::{RoomCore, RoomOutput};
-
-/// The message of the `unavailable` error a room request gets from a shard that no longer owns it.
-pub const ROOM_MOVING: &str = "the room is moving to another shard, retry";
 
 enum Cmd {
     Open {

@@ -415,6 +415,9 @@ pub struct Stats {
     pub room_connections: usize,
 }
 
+/// The message of the `unavailable` error a room request gets from a shard that no longer owns it.
+pub const ROOM_MOVING: &str = "the room is moving to another shard, retry";
+
 /// A room `error` frame for a refusal made outside the room core (ownership checks, link limits).
 pub fn room_error(
     rid: Option<&RequestId>,

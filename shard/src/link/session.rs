@@ -24,8 +24,7 @@ use proto::v1::{ErrorCode, RequestId};
 use proto::{Access, DocId, RoomId, ShardId, StreamId, UserId};
 use router::Ownership;
 
-use crate::driver::ROOM_MOVING;
-use crate::handle::{room_error, ConnId, Permit, Slots};
+use crate::handle::{room_error, ConnId, Permit, Slots, ROOM_MOVING};
 
 /// How long a frame waits for this shard's ring to catch up with the gateway's.
 pub const REFRESH_WAIT: Duration = Duration::from_millis(500);
