@@ -167,21 +167,6 @@ enum Pending {
     },
 }
 
-/// A refusal: an `error` frame (nothing applied).
-struct Refusal {
-    code: ErrorCode,
-    message: String,
-    about: Option<About>,
-}
-
-fn refuse(code: ErrorCode, message: impl Into<String>, about: Option<About>) -> Refusal {
-    Refusal {
-        code,
-        message: message.into(),
-        about,
-    }
-}
-
 fn room_about(room: &RoomId) -> Option<About> {
     Some(About::Room(room.to_string()))
 }
@@ -267,12 +252,19 @@ impl<H: Owner> Session<H> {
         self.out.push_back(Action::Reply(frame.to_bytes()));
     }
 
-    fn reply_refusal(&mut self, id: Option<RequestId>, r: Refusal) {
+    /// Refuses a request with an `error` frame (nothing applied).
+    fn deny(
+        &mut self,
+        id: Option<RequestId>,
+        code: ErrorCode,
+        message: impl Into<String>,
+        about: Option<About>,
+    ) {
         let e = FrameError {
-            code: r.code,
-            message: r.message,
+            code,
+            message: message.into(),
             id,
-            about: r.about,
+            about,
         };
         self.reply(&e.reply());
     }
@@ -319,12 +311,12 @@ impl<H: Owner> Session<H> {
             return;
         }
         let Some((raw, msg)) = v1::split_doc_prefix(&data) else {
-            let r = refuse(
+            self.deny(
+                None,
                 ErrorCode::BadFrame,
                 "a binary frame starts with the document id (lib0 var-string)",
                 None,
             );
-            self.reply_refusal(None, r);
             return;
         };
         let target = DocId::parse(raw)
@@ -342,32 +334,32 @@ impl<H: Owner> Session<H> {
             }
             None => {
                 let raw: String = raw.chars().take(v1::MAX_REQUEST_ID).collect();
-                let r = refuse(
+                self.deny(
+                    None,
                     ErrorCode::UnknownDoc,
                     "this document is not open on this socket (doc.open)",
                     Some(About::Doc(raw)),
                 );
-                self.reply_refusal(None, r);
             }
         }
     }
 
     fn doc_open(&mut self, id: Option<RequestId>, doc: DocId) {
         let Some(access) = self.identity.doc_access(&doc) else {
-            let r = refuse(
+            return self.deny(
+                id,
                 ErrorCode::Forbidden,
                 "no grant for this document",
                 doc_about(&doc),
             );
-            return self.reply_refusal(id, r);
         };
         if !self.docs.contains_key(&doc) && self.docs.len() >= self.limits.max_docs {
-            let r = refuse(
+            return self.deny(
+                id,
                 ErrorCode::Limit,
                 "too many open documents on this socket",
                 doc_about(&doc),
             );
-            return self.reply_refusal(id, r);
         }
         let key = StreamId::Doc(doc.clone());
         self.pending = Some(Pending::DocOpen { id, doc, access });
@@ -381,32 +373,32 @@ impl<H: Owner> Session<H> {
                 self.reply(&Frame::Ok { id });
             }
             None => {
-                let r = refuse(
+                self.deny(
+                    id,
                     ErrorCode::UnknownDoc,
                     "this document is not open on this socket",
                     doc_about(&doc),
                 );
-                self.reply_refusal(id, r);
             }
         }
     }
 
     fn history(&mut self, id: Option<RequestId>, room: RoomId, query: HistoryQuery) {
         let Some(access) = self.identity.room_access(&room) else {
-            let r = refuse(
+            return self.deny(
+                id,
                 ErrorCode::Forbidden,
                 "no grant for this room",
                 room_about(&room),
             );
-            return self.reply_refusal(id, r);
         };
         if query.before.is_some() && query.after.is_some() {
-            let r = refuse(
+            return self.deny(
+                id,
                 ErrorCode::BadRequest,
                 "give before or after, not both",
                 room_about(&room),
             );
-            return self.reply_refusal(id, r);
         }
         let key = StreamId::Room(room.clone());
         self.pending = Some(Pending::History {
@@ -420,22 +412,22 @@ impl<H: Owner> Session<H> {
 
     fn room(&mut self, id: Option<RequestId>, room: RoomId, req: RoomRequest) {
         let Some(access) = self.identity.room_access(&room) else {
-            let r = refuse(
+            return self.deny(
+                id,
                 ErrorCode::Forbidden,
                 "no grant for this room",
                 room_about(&room),
             );
-            return self.reply_refusal(id, r);
         };
         if !matches!(req, RoomRequest::Join { .. }) {
             // Other requests go to the shard the socket joined.
             let Some(shard) = self.rooms.get(&room).cloned() else {
-                let r = refuse(
+                return self.deny(
+                    id,
                     ErrorCode::UnknownRoom,
                     "this socket has not joined the room",
                     room_about(&room),
                 );
-                return self.reply_refusal(id, r);
             };
             if matches!(req, RoomRequest::Leave) {
                 self.rooms.remove(&room);
@@ -444,12 +436,12 @@ impl<H: Owner> Session<H> {
             return;
         }
         if !self.rooms.contains_key(&room) && self.rooms.len() >= self.limits.max_rooms {
-            let r = refuse(
+            return self.deny(
+                id,
                 ErrorCode::Limit,
                 "too many rooms joined on this socket",
                 room_about(&room),
             );
-            return self.reply_refusal(id, r);
         }
         // A join is routed afresh: the room may have moved since an earlier join.
         let key = StreamId::Room(room.clone());
@@ -505,12 +497,12 @@ impl<H: Owner> Session<H> {
         match pending {
             Pending::DocOpen { id, doc, access } => {
                 let Some(shard) = owner else {
-                    let r = refuse(
+                    return self.deny(
+                        id,
                         ErrorCode::Unavailable,
                         "no shard for this document",
                         doc_about(&doc),
                     );
-                    return self.reply_refusal(id, r);
                 };
                 // Opening again restarts the channel (after a doc.closed, or to force a resync).
                 if let Some((old, old_shard)) = self.docs.remove(&doc) {
@@ -542,12 +534,12 @@ impl<H: Owner> Session<H> {
                 req,
             } => {
                 let Some(shard) = owner else {
-                    let r = refuse(
+                    return self.deny(
+                        id,
                         ErrorCode::Unavailable,
                         "no shard for this room",
                         room_about(&room),
                     );
-                    return self.reply_refusal(id, r);
                 };
                 self.remember_shard(&shard);
                 self.rooms.insert(room.clone(), shard.clone());
@@ -560,12 +552,12 @@ impl<H: Owner> Session<H> {
                 query,
             } => {
                 let Some(shard) = owner else {
-                    let r = refuse(
+                    return self.deny(
+                        id,
                         ErrorCode::Unavailable,
                         "no shard for this room",
                         room_about(&room),
                     );
-                    return self.reply_refusal(id, r);
                 };
                 self.remember_shard(&shard);
                 let Some(permit) = self.history.try_take() else {
@@ -573,8 +565,7 @@ impl<H: Owner> Session<H> {
                         "at most {} history requests in flight per socket",
                         self.limits.max_history_in_flight
                     );
-                    let r = refuse(ErrorCode::Limit, message, room_about(&room));
-                    return self.reply_refusal(id, r);
+                    return self.deny(id, ErrorCode::Limit, message, room_about(&room));
                 };
                 let failed = Failed::History {
                     room: room.clone(),
@@ -602,37 +593,37 @@ impl<H: Owner> Session<H> {
         match failed {
             Failed::Open { doc } => {
                 self.docs.remove(&doc);
-                let r = refuse(
+                self.deny(
+                    None,
                     ErrorCode::Unavailable,
                     "the document's shard is unavailable",
                     doc_about(&doc),
                 );
-                self.reply_refusal(None, r);
             }
             Failed::Message { doc } => {
-                let r = refuse(
+                self.deny(
+                    None,
                     ErrorCode::Unavailable,
                     "the document's shard is unavailable",
                     doc_about(&doc),
                 );
-                self.reply_refusal(None, r);
             }
             Failed::Room { room, rid } => {
                 self.rooms.remove(&room);
-                let r = refuse(
+                self.deny(
+                    rid,
                     ErrorCode::Unavailable,
                     "the room's shard is unavailable",
                     room_about(&room),
                 );
-                self.reply_refusal(rid, r);
             }
             Failed::History { room, rid } => {
-                let r = refuse(
+                self.deny(
+                    rid,
                     ErrorCode::Unavailable,
                     "the room's shard is unavailable",
                     room_about(&room),
                 );
-                self.reply_refusal(rid, r);
             }
         }
     }
