@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use proto::event::{Bytes, DocumentUpdatedV1};
+use proto::yjs::hostile;
 use proto::yjs::message::{self, Message};
-use proto::yjs::validate::hostile;
 use proto::{DocId, Epoch, Event, EventPayload, Seq, StreamId, UserId};
 use shard::{ConnId, CoreConfig, Output, ShardCore};
 use store::{Loaded, Snapshot, StoreError};
