@@ -3,7 +3,7 @@
 //!
 //! No IO lives here. Everything that arrives from a client is parsed by a function of this crate before
 //! any other crate sees it: IDs through their newtypes ([`ids`]), Yjs bytes through [`yjs::validate`]
-//! (which reads updates with [`yjs::update`]).
+//! (one update at a time, read by [`yjs::update`]) and [`yjs::guard`] (per document, for update sequences).
 
 #![forbid(unsafe_code)]
 

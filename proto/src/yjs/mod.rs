@@ -19,16 +19,20 @@
 //!   decoder, or that yrs would parse differently from yjs ([`Target`]).
 //! * [`nesting`]: per-document depth of shared types
 //!   ([`NestingTracker`](nesting::NestingTracker)).
+//! * [`guard`]: everything per document that protects yrs from update
+//!   *sequences* ([`UpdateGuard`]): re-sent clocks plus nesting.
 //!
 //! With the `hostile` feature (and in this crate's tests), `hostile` builds
 //! known-bad inputs for tests in other crates.
 //!
 //! Typical server use: `validate_message(frame, &Limits::default(), max)`,
-//! then act on the returned [`Message`].
+//! then act on the returned [`Message`]; a document owner runs each update
+//! through its [`UpdateGuard`] as well.
 //!
 //! Only `std` is used; the test vectors in `testdata/` were produced by the
 //! JavaScript reference implementation (see `testdata/gen-vectors.mjs`).
 
+pub mod guard;
 #[cfg(any(test, feature = "hostile"))]
 pub mod hostile;
 mod json;
@@ -38,6 +42,7 @@ pub mod nesting;
 pub mod update;
 pub mod validate;
 
+pub use guard::{Accepted, GuardError, UpdateGuard, Validated};
 pub use lib0::{Decoder, Encoder, WireError};
 pub use message::{
     decode_awareness_update, decode_state_vector, encode_awareness, encode_awareness_update,

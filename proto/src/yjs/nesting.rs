@@ -47,7 +47,7 @@
 //!   neighbours always share a parent, so this changes nothing for them.
 //!
 //! Every estimate errs on the deep side. Clocks re-sent with different
-//! content (which the shard's re-send guard drops before
+//! content (which [`UpdateGuard`](super::guard::UpdateGuard) drops before
 //! yrs sees them, and which yrs 0.28.1 does not deduplicate but integrates
 //! again) keep the larger of the recorded and the new depth, so no version
 //! yrs could end up using is deeper than recorded. GC structs are recorded
@@ -276,7 +276,13 @@ impl NestingTracker {
     /// new ones. Returns the plan to [`commit`](Self::commit) once the update
     /// has been applied.
     pub fn check(&self, update: &[u8]) -> Result<NestingPlan, NestingError> {
-        Resolver::new(self, &Parsed::read(update)?, true).run()
+        self.check_parsed(&Parsed::read(update)?)
+    }
+
+    /// [`check`](Self::check) of structs already read (by the guard's
+    /// validating walk, so that an update is read once).
+    pub(crate) fn check_parsed(&self, parsed: &Parsed) -> Result<NestingPlan, NestingError> {
+        Resolver::new(self, parsed, true).run()
     }
 
     /// Records a plan returned by [`check`](Self::check). Call it only after

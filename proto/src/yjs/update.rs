@@ -44,7 +44,7 @@ use std::collections::HashSet;
 use std::fmt;
 
 use super::json::{validate_json, JsonError};
-use super::lib0::{Decoder, WireError};
+use super::lib0::{Decoder, Encoder, WireError};
 
 // ---- format constants ---------------------------------------------------------
 
@@ -991,4 +991,38 @@ impl SeenClients {
         self.first = None;
         self.more.clear();
     }
+}
+
+/// The delete set of a (validated) update, re-encoded as an update without
+/// structs: `[0]`, then the delete set with its clients in ascending order
+/// and canonical varints.
+///
+/// That is byte for byte what yrs 0.28.1 writes for
+/// `[0] + Update::decode_v1(update).delete_set().encode_v1()` (its delete set
+/// is a `BTreeMap` by client whose ranges are kept as decoded), so a re-sent
+/// update can be trimmed to its deletions without a yrs dependency.
+pub fn delete_set_update(update: &[u8]) -> Result<Vec<u8>, ValidationError> {
+    let mut r = UpdateReader::new(update, Rules::Lax)?;
+    let mut clients: Vec<(u64, Vec<(u64, u64)>)> = Vec::new();
+    while let Some(c) = r.next_delete_client()? {
+        let mut ranges = Vec::with_capacity(c.ranges);
+        while let Some(range) = r.next_delete_range()? {
+            ranges.push((range.clock, range.len));
+        }
+        clients.push((c.client, ranges));
+    }
+    r.finish()?;
+    clients.sort_unstable_by_key(|(client, _)| *client);
+    let mut e = Encoder::with_capacity(update.len());
+    e.write_var_u64(0);
+    e.write_var_u64(clients.len() as u64);
+    for (client, ranges) in clients {
+        e.write_var_u64(client);
+        e.write_var_u64(ranges.len() as u64);
+        for (clock, len) in ranges {
+            e.write_var_u64(clock);
+            e.write_var_u64(len);
+        }
+    }
+    Ok(e.into_vec())
 }

@@ -39,7 +39,8 @@
 //! *sequences* of individually valid updates that panic or segfault yrs
 //! during integration, because they contradict earlier updates (see
 //! [`update_client_ranges`] and the `yrs_*` reproducers in `hostile`).
-//! Those need document state, or process isolation, to stop.
+//! Those need document state, or process isolation, to stop: see
+//! [`guard`](super::guard).
 //!
 //! The walk itself is [`UpdateReader`] with [`Rules::Strict`] (the update v1
 //! layout and the rules are documented there); this module adds the size
@@ -134,7 +135,7 @@ pub struct ClientRange {
 /// valid updates that re-send known clocks with different content and then
 /// segfault yrs (`hostile::yrs_resend_segfault_updates`). A server can keep,
 /// per document, the highest `end` it has accepted for each client and treat
-/// `start < that` as a re-send; the shard
+/// `start < that` as a re-send; [`UpdateGuard`](super::guard::UpdateGuard)
 /// does. Note that yrs' state vector is not enough for this: structs parked
 /// as *pending* (missing dependencies) are not in it, and the fuzzer's
 /// crashes went through pending structs too. Honest clients re-send only in
