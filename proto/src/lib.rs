@@ -2,7 +2,8 @@
 //! wire codecs of the client protocols (the y-websocket protocol and the Yjs update validator).
 //!
 //! No IO lives here. Everything that arrives from a client is parsed by a function of this crate before
-//! any other crate sees it: IDs through their newtypes ([`ids`]), Yjs bytes through [`yjs::validate`].
+//! any other crate sees it: IDs through their newtypes ([`ids`]), Yjs bytes through [`yjs::validate`]
+//! (one update at a time, read by [`yjs::update`]) and [`yjs::guard`] (per document, for update sequences).
 
 #![forbid(unsafe_code)]
 

@@ -5,8 +5,9 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
+use proto::yjs::guard::{GuardError, UpdateGuard, Validated};
 use proto::yjs::message::{self, Message};
-use proto::yjs::nesting::{NestingError, NestingTracker};
+use proto::yjs::nesting::NestingError;
 use proto::yjs::validate;
 use proto::{DocId, Epoch, Seq, UserId};
 use store::{Loaded, Snapshot, StoreError};
@@ -117,12 +118,10 @@ struct DocState {
     stored_bytes: usize,
     since_snapshot: u64,
     idle_since: Option<Instant>,
-    /// Per Yjs client id, the clock just past the last struct accepted (applied or in flight). yrs
-    /// 0.28.1 can crash on a re-sent clock range with different content, and its own state vector does
-    /// not cover in-flight or pending structs, so the shard keeps this itself.
-    accepted_ends: HashMap<u64, u64>,
-    /// Depth of every shared type, so that no update can nest types deeper than the limit.
-    nesting: NestingTracker,
+    /// What protects yrs from update sequences: the clocks accepted per Yjs client (applied or in
+    /// flight; yrs' own state vector leaves out in-flight and pending structs) and the nesting depth of
+    /// every shared type.
+    guard: UpdateGuard,
 }
 
 impl DocState {
@@ -143,8 +142,7 @@ impl DocState {
             stored_bytes: 0,
             since_snapshot: 0,
             idle_since: None,
-            accepted_ends: HashMap::new(),
-            nesting: NestingTracker::new(max_type_depth),
+            guard: UpdateGuard::new(max_type_depth),
         }
     }
 }
@@ -370,22 +368,21 @@ impl ShardCore {
         update: &[u8],
     ) -> Result<(), ShardError> {
         let limits = self.cfg.limits();
-        // One walk validates the update and yields each Yjs client's clock range.
-        let (summary, ranges) = validate::validate_update_v1_with_ranges(update, &limits)
-            .map_err(ShardError::Invalid)?;
+        // One walk validates the update and reads what the guard needs from it.
+        let validated = Validated::new(update, &limits).map_err(ShardError::Invalid)?;
         let c = self.conns.get(&conn).ok_or(ShardError::LoadFailed)?;
         if !c.can_write {
-            if !summary.is_empty {
+            if !validated.is_empty() {
                 self.send(conn, message::encode_permission_denied("read-only access"));
             }
             return Ok(());
         }
-        if summary.is_empty {
+        if validated.is_empty() {
             return Ok(());
         }
         // Decoding is safe now that the validator has bounded depth, lengths and UTF-8; a decode error
         // here is still refused rather than trusted.
-        let decoded = Update::decode_v1(update)
+        Update::decode_v1(update)
             .map_err(|_| ShardError::Invalid(validate::ValidationError::Malformed("update")))?;
         let actor = c.actor.clone();
         let max = self.cfg.max_doc_bytes;
@@ -393,54 +390,27 @@ impl ShardCore {
         let Phase::Ready { epoch } = d.phase else {
             return Err(ShardError::LoadFailed);
         };
-        // Re-sent struct ranges: an honest client re-sends only what it already sent (same content),
-        // which is redundant; a hostile one re-sends different content, which crashes yrs. Either way
-        // the structs are dropped; a partly new range cannot be split here, so the client resyncs.
-        let mut covered = 0;
-        for r in &ranges {
-            let known = d.accepted_ends.get(&r.client).copied().unwrap_or(0);
-            if r.start > known {
-                // A gap: yrs would hold these structs as pending, outside its state vector, where the
-                // guard could not see them after a reload. Honest clients never skip their own clocks.
-                return Err(ShardError::Resync);
+        let refused = |e: GuardError| match e {
+            // Re-sent or skipped clocks: the client resyncs.
+            GuardError::Overlap | GuardError::Gap => ShardError::Resync,
+            GuardError::Nesting(NestingError::TooDeep) => {
+                ShardError::Invalid(validate::ValidationError::TooDeep)
             }
-            if r.start < known {
-                if r.end > known {
-                    return Err(ShardError::Resync);
-                }
-                covered += 1;
-            }
-        }
-        let update: Vec<u8> = if covered == 0 {
-            update.to_vec()
-        } else if covered == ranges.len() && summary.delete_ranges > 0 {
-            // Keep only the delete set (an update with no structs, then the delete set).
-            use yrs::updates::encoder::Encode;
-            let mut u = vec![0u8];
-            u.extend_from_slice(&decoded.delete_set().encode_v1());
-            u
-        } else if covered == ranges.len() {
-            return Ok(());
-        } else {
-            return Err(ShardError::Resync);
-        };
-        if d.stored_bytes + update.len() > max {
-            return Err(ShardError::DocTooLarge);
-        }
-        // Recorded at acceptance, like `accepted_ends`: the client's next update may build on this one before
-        // it is committed. A failed append drops the whole document state, tracker included.
-        let plan = d.nesting.check(&update).map_err(|e| match e {
-            NestingError::TooDeep => ShardError::Invalid(validate::ValidationError::TooDeep),
-            NestingError::UnknownParent => ShardError::Resync,
-            NestingError::Malformed => {
+            GuardError::Nesting(NestingError::UnknownParent) => ShardError::Resync,
+            GuardError::Nesting(NestingError::Malformed) => {
                 ShardError::Invalid(validate::ValidationError::Malformed("update"))
             }
-        })?;
-        d.nesting.commit(plan);
-        for r in &ranges {
-            let e = d.accepted_ends.entry(r.client).or_insert(0);
-            *e = (*e).max(r.end);
+        };
+        // Fully re-sent structs are dropped (their delete set is kept).
+        let Some(accepted) = d.guard.check(validated).map_err(refused)? else {
+            return Ok(());
+        };
+        if d.stored_bytes + accepted.update().len() > max {
+            return Err(ShardError::DocTooLarge);
         }
+        // Recorded at acceptance: the client's next update may build on this one before it is
+        // committed. A failed append drops the whole document state, guard included.
+        let update = d.guard.commit(accepted).map_err(refused)?;
         d.stored_bytes += update.len();
         let seq = d.next;
         d.next = d.next.next();
@@ -577,11 +547,11 @@ impl ShardCore {
         d.ydoc = ydoc;
         d.stored_bytes = bytes;
         // From the stored updates themselves, not yrs' state vector (which leaves out pending structs).
-        d.accepted_ends = stored_ends(&loaded, &self.cfg.limits());
-        d.nesting = NestingTracker::new(self.cfg.max_type_depth);
-        for update in stored_updates(&loaded) {
-            d.nesting.absorb(update);
-        }
+        d.guard = UpdateGuard::from_stored(
+            self.cfg.max_type_depth,
+            &self.cfg.limits(),
+            stored_updates(&loaded),
+        );
         d.since_snapshot = loaded.tail.len() as u64;
         d.applied = loaded.last_seq();
         d.next = d.applied.next();
@@ -803,18 +773,6 @@ fn stored_updates(loaded: &Loaded) -> impl Iterator<Item = &[u8]> {
         _ => None,
     });
     snapshot.chain(tail)
-}
-
-/// Per Yjs client, the end of the clock range covered by a snapshot and tail.
-fn stored_ends(loaded: &Loaded, limits: &validate::Limits) -> HashMap<u64, u64> {
-    let mut ends: HashMap<u64, u64> = HashMap::new();
-    for update in stored_updates(loaded) {
-        for r in validate::update_client_ranges(update, limits).unwrap_or_default() {
-            let e = ends.entry(r.client).or_insert(0);
-            *e = (*e).max(r.end);
-        }
-    }
-    ends
 }
 
 /// Builds a document from a snapshot and tail. An event on which yrs panics is skipped (and the

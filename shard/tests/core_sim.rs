@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use proto::event::{Bytes, DocumentUpdatedV1};
+use proto::yjs::hostile;
 use proto::yjs::message::{self, Message};
-use proto::yjs::validate::hostile;
 use proto::{DocId, Epoch, Event, EventPayload, Seq, StreamId, UserId};
 use shard::{ConnId, CoreConfig, Output, ShardCore};
 use store::{Loaded, Snapshot, StoreError};
@@ -646,6 +646,55 @@ fn honest_resends_are_deduplicated_not_refused() {
         .encode_state_as_update_v1(&StateVector::default());
     h.send(a, message::encode_sync_step2(&full));
     assert!(!h.closed.contains_key(&a));
+}
+
+#[test]
+fn a_resent_update_with_deletions_keeps_only_its_deletions() {
+    let mut h = Harness::new(CoreConfig::default());
+    let a = h.open(1, "d", true);
+    let ca = Client::new(10);
+    let cb = Client::new(20);
+    h.send(a, ca.insert(0, "hello"));
+    h.send(a, cb.insert(0, "world"));
+    ca.receive(&[message::encode_update(
+        &cb.doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default()),
+    )]);
+    // Client 10 deletes from both clients' text, then re-sends its whole state: every struct is
+    // known, so only the deletions are stored, encoded as yrs encodes a delete set.
+    {
+        let text = ca.doc.get_or_insert_text("t");
+        let mut txn = ca.doc.transact_mut();
+        text.remove_range(&mut txn, 8, 1);
+        text.remove_range(&mut txn, 1, 2);
+    }
+    let full = ca
+        .doc
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
+    let before = h.logs[&doc_id("d")].events.len();
+    h.send(a, message::encode_sync_step2(&full));
+    assert!(!h.closed.contains_key(&a));
+    let events = &h.logs[&doc_id("d")].events;
+    assert_eq!(events.len(), before + 1);
+    let mut expected = vec![0u8];
+    expected.extend_from_slice(
+        &Update::decode_v1(&full)
+            .expect("valid")
+            .delete_set()
+            .encode_v1(),
+    );
+    match &events[before].payload {
+        EventPayload::DocumentUpdated(p) => assert_eq!(p.update.0, expected),
+        other => panic!("{other:?}"),
+    }
+    let cc = Client::new(30);
+    let c = h.open(2, "d", true);
+    h.take(c);
+    h.send(c, cc.sync_step1());
+    cc.receive(&h.take(c));
+    assert_eq!(cc.text(), ca.text());
 }
 
 #[test]
