@@ -18,6 +18,7 @@ use crate::awareness;
 use crate::config::CoreConfig;
 use crate::error::ShardError;
 use crate::handle::ConnId;
+use crate::lifecycle::{Lifecycle, Phase};
 
 /// Messages one connection may send before its document has loaded (then: close 1013, resync).
 const MAX_QUEUED_WHILE_LOADING: usize = 64;
@@ -86,38 +87,23 @@ struct Conn {
     can_write: bool,
 }
 
+/// An update sent to the store: who sent it (it is not echoed back to them) and its bytes.
 struct Pending {
-    epoch: Epoch,
-    seq: Seq,
     origin: ConnId,
     update: Vec<u8>,
 }
 
-enum Phase {
-    /// Waiting for `handle_loaded`; messages of its connections queue up.
-    Loading { queued: VecDeque<(ConnId, Vec<u8>)> },
-    /// Serving.
-    Ready { epoch: Epoch },
-}
-
 struct DocState {
-    phase: Phase,
+    /// Loading (messages queue up) or ready under an epoch, updates in flight, snapshots, idleness.
+    life: Lifecycle<(ConnId, Vec<u8>), Pending>,
     ydoc: Doc,
     conns: BTreeSet<ConnId>,
-    /// Last committed and applied seq.
-    applied: Seq,
-    /// Next seq to assign.
-    next: Seq,
-    /// Updates sent to the store, in seq order, not yet committed.
-    inflight: VecDeque<Pending>,
     awareness: awareness::Table,
     /// Awareness clients changed since the last coalesced broadcast, and when it is due.
     aw_dirty: BTreeSet<u64>,
     aw_flush_at: Option<Instant>,
     /// Stored bytes of the document: last snapshot plus updates since (an upper bound of its size).
     stored_bytes: usize,
-    since_snapshot: u64,
-    idle_since: Option<Instant>,
     /// What protects yrs from update sequences: the clocks accepted per Yjs client (applied or in
     /// flight; yrs' own state vector leaves out in-flight and pending structs) and the nesting depth of
     /// every shared type.
@@ -127,21 +113,14 @@ struct DocState {
 impl DocState {
     fn new(max_type_depth: u32) -> Self {
         Self {
-            phase: Phase::Loading {
-                queued: VecDeque::new(),
-            },
+            life: Lifecycle::loading(),
             // The server never authors content, so its own client id is irrelevant; fixed for determinism.
             ydoc: Doc::with_client_id(0),
             conns: BTreeSet::new(),
-            applied: Seq(0),
-            next: Seq(1),
-            inflight: VecDeque::new(),
             awareness: awareness::Table::default(),
             aw_dirty: BTreeSet::new(),
             aw_flush_at: None,
             stored_bytes: 0,
-            since_snapshot: 0,
-            idle_since: None,
             guard: UpdateGuard::new(max_type_depth),
         }
     }
@@ -188,11 +167,7 @@ impl ShardCore {
     /// memory. Appends still in flight complete or fail in the store; their answers are ignored (the
     /// new owner loads whatever committed, and clients re-send what did not).
     pub fn handle_release(&mut self, now: Instant, doc: &DocId) {
-        if self
-            .docs
-            .get(doc)
-            .is_some_and(|d| d.inflight.is_empty() && matches!(d.phase, Phase::Ready { .. }))
-        {
+        if self.docs.get(doc).is_some_and(|d| d.life.is_quiet()) {
             self.snapshot(doc);
         }
         self.fail_doc(now, doc, &ShardError::Moved);
@@ -200,7 +175,7 @@ impl ShardCore {
 
     /// Updates sent to the store and not yet answered.
     pub fn inflight(&self) -> usize {
-        self.docs.values().map(|d| d.inflight.len()).sum()
+        self.docs.values().map(|d| d.life.inflight.len()).sum()
     }
 
     /// Whether `doc` is in memory.
@@ -225,11 +200,7 @@ impl ShardCore {
         self.docs
             .values()
             .flat_map(|d| {
-                let quiet = d.inflight.is_empty() && matches!(d.phase, Phase::Ready { .. });
-                let idle = d
-                    .idle_since
-                    .filter(|_| quiet)
-                    .map(|t| t + self.cfg.idle_unload);
+                let idle = d.life.unload_at(self.cfg.idle_unload);
                 let aw = d.awareness.oldest().map(|t| t + self.cfg.awareness_timeout);
                 [idle, aw, d.aw_flush_at]
             })
@@ -284,8 +255,8 @@ impl ShardCore {
             DocState::new(max_type_depth)
         });
         d.conns.insert(conn);
-        d.idle_since = None;
-        if matches!(d.phase, Phase::Ready { .. }) {
+        d.life.attached();
+        if d.life.is_ready() {
             self.greet(now, conn, &doc);
         }
     }
@@ -312,12 +283,12 @@ impl ShardCore {
         let Some(d) = self.docs.get_mut(&doc) else {
             return;
         };
-        if let Phase::Loading { queued } = &mut d.phase {
-            let mine = queued.iter().filter(|(c, _)| *c == conn).count();
-            if mine >= MAX_QUEUED_WHILE_LOADING {
+        if !d.life.is_ready() {
+            if d.life
+                .queue((conn, bytes), MAX_QUEUED_WHILE_LOADING, |(c, _)| *c == conn)
+                .is_err()
+            {
                 self.close(now, conn, &ShardError::Resync);
-            } else {
-                queued.push_back((conn, bytes));
             }
             return;
         }
@@ -387,9 +358,9 @@ impl ShardCore {
         let actor = c.actor.clone();
         let max = self.cfg.max_doc_bytes;
         let d = self.docs.get_mut(doc).ok_or(ShardError::LoadFailed)?;
-        let Phase::Ready { epoch } = d.phase else {
+        if !d.life.is_ready() {
             return Err(ShardError::LoadFailed);
-        };
+        }
         let refused = |e: GuardError| match e {
             // Re-sent or skipped clocks: the client resyncs.
             GuardError::Overlap | GuardError::Gap => ShardError::Resync,
@@ -412,14 +383,11 @@ impl ShardCore {
         // committed. A failed append drops the whole document state, guard included.
         let update = d.guard.commit(accepted).map_err(refused)?;
         d.stored_bytes += update.len();
-        let seq = d.next;
-        d.next = d.next.next();
-        d.inflight.push_back(Pending {
-            epoch,
-            seq,
+        let pending = Pending {
             origin: conn,
             update: update.clone(),
-        });
+        };
+        let (epoch, seq) = d.life.assign(pending).ok_or(ShardError::LoadFailed)?;
         self.out.push_back(Output::Append {
             doc: doc.clone(),
             epoch,
@@ -492,7 +460,7 @@ impl ShardCore {
             return;
         };
         d.conns.remove(&conn);
-        if let Phase::Loading { queued } = &mut d.phase {
+        if let Phase::Loading { queued } = &mut d.life.phase {
             queued.retain(|(q, _)| *q != conn);
         }
         // Removals this connection announced that are still waiting for the coalesced broadcast
@@ -515,7 +483,7 @@ impl ShardCore {
         }
         if let Some(d) = self.docs.get_mut(&c.doc) {
             if d.conns.is_empty() {
-                d.idle_since = Some(now);
+                d.life.detached(now);
             }
         }
     }
@@ -552,16 +520,14 @@ impl ShardCore {
             &self.cfg.limits(),
             stored_updates(&loaded),
         );
-        d.since_snapshot = loaded.tail.len() as u64;
-        d.applied = loaded.last_seq();
-        d.next = d.applied.next();
-        let queued = match std::mem::replace(&mut d.phase, Phase::Ready { epoch }) {
-            Phase::Loading { queued } => queued,
-            Phase::Ready { .. } => VecDeque::new(),
-        };
-        if d.conns.is_empty() {
-            d.idle_since = Some(now);
-        }
+        let attached = !d.conns.is_empty();
+        let queued = d.life.ready(
+            now,
+            epoch,
+            loaded.last_seq(),
+            loaded.tail.len() as u64,
+            attached,
+        );
         let conns: Vec<ConnId> = d.conns.iter().copied().collect();
         for c in conns {
             self.greet(now, c, doc);
@@ -588,7 +554,7 @@ impl ShardCore {
             return;
         };
         // Answers for an older incarnation of the document (after a failure and reload) are ignored.
-        if d.inflight.front().map(|p| (p.epoch, p.seq)) != Some((epoch, seq)) {
+        if !d.life.is_next_answer(epoch, seq) {
             return;
         }
         if let Err(e) = result {
@@ -602,7 +568,7 @@ impl ShardCore {
             self.fail_doc(now, doc, &why);
             return;
         }
-        let Some(p) = d.inflight.pop_front() else {
+        let Some(p) = d.life.committed().map(|p| p.item) else {
             return;
         };
         if !apply_guarded(&d.ydoc, &p.update) {
@@ -611,9 +577,7 @@ impl ShardCore {
             self.fail_doc(now, doc, &ShardError::LoadFailed);
             return;
         }
-        d.applied = seq;
-        d.since_snapshot += 1;
-        let want_snapshot = d.since_snapshot >= self.cfg.snapshot_every;
+        let want_snapshot = d.life.since_snapshot >= self.cfg.snapshot_every;
         self.out.push_back(Output::Applied { doc: doc.clone() });
         self.broadcast(doc, Some(p.origin), message::encode_update(&p.update));
         if want_snapshot {
@@ -625,25 +589,18 @@ impl ShardCore {
         let Some(d) = self.docs.get_mut(doc) else {
             return;
         };
-        let Phase::Ready { epoch } = d.phase else {
+        let Some((epoch, seq)) = d.life.snapshot_point() else {
             return;
         };
-        if d.since_snapshot == 0 {
-            return;
-        }
         let state = d
             .ydoc
             .transact()
             .encode_state_as_update_v1(&StateVector::default());
         d.stored_bytes = state.len();
-        d.since_snapshot = 0;
         self.out.push_back(Output::Snapshot {
             doc: doc.clone(),
             epoch,
-            snapshot: Snapshot {
-                seq: d.applied,
-                state,
-            },
+            snapshot: Snapshot { seq, state },
         });
     }
 
@@ -654,11 +611,8 @@ impl ShardCore {
         doc: &DocId,
         result: Result<(), StoreError>,
     ) {
-        if let (Err(e), Some(d)) = (result, self.docs.get_mut(doc)) {
-            if !e.is_fenced() {
-                // Try again at the next threshold.
-                d.since_snapshot = d.since_snapshot.max(1);
-            }
+        if let Some(d) = self.docs.get_mut(doc) {
+            d.life.snapshot_written(&result);
         }
     }
 
@@ -701,11 +655,8 @@ impl ShardCore {
                     expired.push((id.clone(), gone));
                 }
             }
-            let quiet = d.inflight.is_empty() && matches!(d.phase, Phase::Ready { .. });
-            if quiet
-                && d.conns.is_empty()
-                && d.idle_since
-                    .is_some_and(|t| now >= t + self.cfg.idle_unload)
+            if d.life
+                .unload_due(now, self.cfg.idle_unload, !d.conns.is_empty())
             {
                 idle.push(id.clone());
             }
@@ -747,7 +698,11 @@ impl ShardCore {
     pub fn handle_shutdown_flush(&mut self, _now: Instant) {
         let docs: Vec<DocId> = self.docs.keys().cloned().collect();
         for doc in docs {
-            if self.docs.get(&doc).is_some_and(|d| d.inflight.is_empty()) {
+            if self
+                .docs
+                .get(&doc)
+                .is_some_and(|d| d.life.inflight.is_empty())
+            {
                 self.unload(&doc);
             }
         }
