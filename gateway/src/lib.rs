@@ -37,6 +37,7 @@ pub mod v1;
 pub use config::GatewayConfig;
 pub use error::GatewayError;
 pub use metrics::Metrics;
+pub use process::run;
 pub use routing::Routes;
 pub use server::serve;
 pub use state::Gateway;

@@ -88,6 +88,11 @@ pub struct Started {
     routes: Routes,
 }
 
+/// Runs a gateway process: [`start`], then [`Started::run`] until `shutdown` resolves.
+pub async fn run(cfg: ProcessConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    start(cfg).await?.run(shutdown).await
+}
+
 /// Connects to Redis and binds the client port.
 pub async fn start(cfg: ProcessConfig) -> anyhow::Result<Started> {
     let cfg = cfg.validate()?;

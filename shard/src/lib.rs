@@ -36,3 +36,4 @@ pub use crate::core::{Output, ShardCore};
 pub use crate::driver::LocalShard;
 pub use crate::error::ShardError;
 pub use crate::handle::{ConnId, ConnOut, ConnQueue, ConnSink, ShardHandle};
+pub use crate::process::run;

@@ -140,6 +140,11 @@ pub struct Started {
     stop_tx: watch::Sender<bool>,
 }
 
+/// Runs a shard process: [`start`], then [`Started::run`] until `shutdown` resolves.
+pub async fn run(cfg: ProcessConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    start(cfg).await?.run(shutdown).await
+}
+
 /// Opens the store, starts the driver, the link listener and the admin endpoint, and registers the
 /// shard's lease (waiting out a crashed predecessor's).
 pub async fn start(cfg: ProcessConfig) -> anyhow::Result<Started> {
