@@ -27,7 +27,7 @@ use crate::state::Gateway;
 
 /// Everything a gateway process runs with (also the shape of its `--config` TOML file).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ProcessConfig {
     /// Where clients connect.
     pub listen: SocketAddr,

@@ -90,7 +90,16 @@ fn routed(s: &mut Session<Fake>, v: Value, owner: Option<Fake>) -> Vec<Action<Fa
 #[test]
 fn malformed_frames_get_bad_frame_and_change_nothing() {
     let mut s = anonymous();
-    for raw in [&b"not json"[..], b"[1,2]", b"\"x\"", b"{}", b"{\"t\":5}"] {
+    for raw in [
+        &b"not json"[..],
+        b"[1,2]",
+        b"\"x\"",
+        b"{}",
+        b"{\"t\":5}",
+        // serde would read a tagged enum from a sequence; the protocol takes objects only.
+        b"[\"ping\"]",
+        b" [\"doc.open\",null,\"notes\"]",
+    ] {
         s.handle_text(raw);
         let r = reply(&drain(&mut s));
         assert_eq!(r["t"], "error");
@@ -201,8 +210,12 @@ fn documents_per_socket_are_limited_and_reopening_restarts_the_channel() {
         let out = routed(&mut s, json!({"t":"doc.open","doc":d}), owner.clone());
         assert!(matches!(out.last(), Some(Action::Open { .. })));
     }
-    // A third is refused before any routing.
-    let r = reply(&text(&mut s, json!({"t":"doc.open","id":"3","doc":"c"})));
+    // A third is refused (after routing, as before the sans-IO session).
+    let r = reply(&routed(
+        &mut s,
+        json!({"t":"doc.open","id":"3","doc":"c"}),
+        owner.clone(),
+    ));
     assert_eq!(
         (r["code"].as_str(), r["id"].as_str()),
         (Some("limit"), Some("3"))
@@ -250,7 +263,11 @@ fn rooms_per_socket_are_limited_and_requests_need_a_join() {
             }]
         ));
     }
-    let r = reply(&text(&mut s, json!({"t":"join","room":"z"})));
+    let r = reply(&routed(
+        &mut s,
+        json!({"t":"join","room":"z"}),
+        owner.clone(),
+    ));
     assert_eq!(r["code"], "limit");
     // Joining one again is no new room (and is routed afresh).
     let out = routed(&mut s, json!({"t":"join","room":"x"}), owner.clone());
@@ -391,15 +408,20 @@ fn unreachable_owners_and_failed_calls_are_reported_and_undone() {
     let r = reply(&drain(&mut s));
     assert_eq!(r["code"], "unavailable");
     assert_eq!(s.joined_rooms(), 0);
-    routed(
+    let out = routed(
         &mut s,
-        json!({"t":"doc.open","doc":"d"}),
+        json!({"t":"doc.open","id":"o","doc":"d"}),
         Some(fake("s1", 1)),
     );
-    s.handle_unavailable(Failed::Open {
-        doc: proto::DocId::parse("d").expect("valid"),
-    });
-    drain(&mut s);
+    let Some(Action::Open { failed, .. }) = out.into_iter().last() else {
+        panic!("an open");
+    };
+    s.handle_unavailable(failed);
+    let r = reply(&drain(&mut s));
+    assert_eq!(
+        (r["code"].as_str(), r["id"].as_str()),
+        (Some("unavailable"), Some("o"))
+    );
     assert_eq!(s.open_docs(), 0);
 }
 
@@ -445,4 +467,79 @@ fn the_first_frame_is_hello() {
         r,
         json!({"t":"hello","v":1,"user":"ada","limits":{"max_message_bytes":1048576,"max_docs":2,"max_rooms":2}})
     );
+}
+
+#[test]
+fn a_history_read_without_a_grant_is_forbidden_whatever_else_is_wrong() {
+    let rooms = BTreeMap::from([("team".to_owned(), Access::Read)]);
+    let mut s = session(Identity::new(
+        UserId::parse("ada").expect("valid"),
+        BTreeMap::new(),
+        rooms,
+    ));
+    let r = reply(&text(
+        &mut s,
+        json!({"t":"history","id":"h","room":"other","limit":0}),
+    ));
+    assert_eq!(
+        (r["code"].as_str(), r["id"].as_str(), r["room"].as_str()),
+        (Some("forbidden"), Some("h"), Some("other"))
+    );
+    let r = reply(&text(
+        &mut s,
+        json!({"t":"history","room":"team","limit":0}),
+    ));
+    assert_eq!(
+        r["code"], "bad_frame",
+        "granted: the field is what is wrong"
+    );
+}
+
+#[test]
+fn a_channel_whose_close_is_still_in_flight_is_closed_again_on_teardown() {
+    let mut s = anonymous();
+    let out = routed(
+        &mut s,
+        json!({"t":"doc.open","doc":"d"}),
+        Some(fake("s1", 1)),
+    );
+    let Some(Action::Open { channel: first, .. }) = out.into_iter().last() else {
+        panic!("an open");
+    };
+    // Reopened: the old channel's close is handed to the driver, which is torn down before it
+    // reports it done.
+    let out = routed(
+        &mut s,
+        json!({"t":"doc.open","doc":"d"}),
+        Some(fake("s1", 1)),
+    );
+    assert!(matches!(out[0], Action::Close { channel, .. } if channel == first));
+    s.close();
+    let closed: Vec<ConnId> = drain(&mut s)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Close { channel, .. } => Some(channel),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        closed.len(),
+        2,
+        "the new channel and the old one: {closed:?}"
+    );
+    assert!(closed.contains(&first));
+    // A close reported done is not repeated.
+    let mut s = anonymous();
+    routed(
+        &mut s,
+        json!({"t":"doc.open","doc":"d"}),
+        Some(fake("s1", 1)),
+    );
+    let out = text(&mut s, json!({"t":"doc.close","doc":"d"}));
+    let Some(Action::Close { channel, .. }) = out.into_iter().next() else {
+        panic!("a close");
+    };
+    s.handle_close_done(channel);
+    s.close();
+    assert!(drain(&mut s).is_empty());
 }

@@ -633,6 +633,8 @@ pub struct FrameError {
     pub id: Option<RequestId>,
     /// The room or document the frame named (as sent, if at most 128 bytes), echoed in the reply.
     pub about: Option<About>,
+    /// The frame's type, when `t` named a known one.
+    pub kind: Option<&'static str>,
 }
 
 /// What a refused frame was about.
@@ -678,7 +680,14 @@ const FRAME_TYPES: &[&str] = &[
 
 /// Parses one client text frame (already checked to be UTF-8 by the WebSocket layer).
 pub fn parse_client_frame(text: &[u8]) -> Result<ClientFrame, FrameError> {
-    serde_json::from_slice::<ClientFrame>(text).map_err(|e| diagnose(text, &e))
+    // serde also reads a tagged enum from a sequence (`["ping"]`); the protocol takes objects only.
+    let object = text.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let parsed = if object {
+        serde_json::from_slice::<ClientFrame>(text)
+    } else {
+        serde_json::from_slice::<ClientFrame>(b"[]")
+    };
+    parsed.map_err(|e| diagnose(text, &e))
 }
 
 /// Says precisely what is wrong with a frame the typed parse refused (the error path only, so the
@@ -689,6 +698,7 @@ fn diagnose(text: &[u8], typed: &serde_json::Error) -> FrameError {
         message: message.to_owned(),
         id: None,
         about: None,
+        kind: None,
     };
     let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(text) else {
         return bad("a text frame must hold one JSON object");
@@ -710,11 +720,16 @@ fn diagnose(text: &[u8], typed: &serde_json::Error) -> FrameError {
     let about = echo("room")
         .map(About::Room)
         .or_else(|| echo("doc").map(About::Doc));
+    let kind = map
+        .get("t")
+        .and_then(Value::as_str)
+        .and_then(|t| FRAME_TYPES.iter().find(|k| **k == t).copied());
     let fail = |code, message: String| FrameError {
         code,
         message,
         id: id.clone(),
         about: about.clone(),
+        kind,
     };
     let t = match map.get("t") {
         None | Some(Value::Null) => {

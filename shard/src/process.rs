@@ -34,7 +34,7 @@ use crate::metrics::{self, Metrics};
 
 /// Everything a shard process runs with (also the shape of its `--config` TOML file).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ProcessConfig {
     /// This shard's id (stable across restarts: the ring places keys by id).
     pub id: Option<ShardId>,

@@ -4,12 +4,12 @@
 //! and docs/cluster.md.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use proto::ShardId;
 
-use crate::config::{load, validate_core, validate_edge, CoreOpts, EdgeOpts, StoreOpts};
+use crate::config::{load, validate_core, validate_edge, CoreOpts, DevConfig, EdgeOpts, StoreOpts};
 use crate::dev::shutdown_signal;
 
 /// Settings every cluster process shares.
@@ -63,12 +63,38 @@ pub struct ShardOpts {
     pub store: StoreOpts,
     #[command(flatten)]
     pub core: CoreOpts,
+    /// Edge settings are the gateways' business; a shard accepts them (one set of flags or
+    /// environment can serve every role) and ignores them.
+    #[command(
+        flatten,
+        next_help_heading = "Edge settings (accepted and ignored by a shard)"
+    )]
+    pub ignored_edge: EdgeOpts,
+    /// Ignored by a shard.
+    #[arg(long, env = "TANDEM_SHARDS", hide = true)]
+    pub shards: Option<usize>,
 }
 
 impl ShardOpts {
     /// Merges file, env and flags, and validates the result.
     pub fn into_config(self) -> anyhow::Result<shard::process::ProcessConfig> {
-        let mut c: shard::process::ProcessConfig = load(self.config.as_deref())?;
+        let mut c = load_role(
+            self.config.as_deref(),
+            &[
+                "gateway",
+                "shard",
+                "listen",
+                "shards",
+                "data",
+                "database_url",
+                "redis_url",
+            ],
+            |dev: DevConfig| shard::process::ProcessConfig {
+                store: dev.store(),
+                core: dev.shard,
+                ..Default::default()
+            },
+        )?;
         if let Some(v) = self.id {
             c.id = Some(ShardId::parse(&v).context("--id")?);
         }
@@ -136,12 +162,37 @@ pub struct GatewayOpts {
     pub cluster: ClusterOpts,
     #[command(flatten)]
     pub edge: EdgeOpts,
+    /// Document and room settings are the shards' business; a gateway accepts them and ignores
+    /// them.
+    #[command(
+        flatten,
+        next_help_heading = "Document and room settings (accepted and ignored by a gateway)"
+    )]
+    pub ignored_core: CoreOpts,
+    /// Ignored by a gateway (the record is the shards' business).
+    #[arg(long, env = "TANDEM_DATABASE_URL", hide = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Ignored by a gateway.
+    #[arg(long, env = "TANDEM_DATA", hide = true)]
+    pub data: Option<PathBuf>,
+    /// Ignored by a gateway.
+    #[arg(long, env = "TANDEM_SHARDS", hide = true)]
+    pub shards: Option<usize>,
 }
 
 impl GatewayOpts {
     /// Merges file, env and flags, and validates the result.
     pub fn into_config(self) -> anyhow::Result<gateway::process::ProcessConfig> {
-        let mut c: gateway::process::ProcessConfig = load(self.config.as_deref())?;
+        let mut c = load_role(
+            self.config.as_deref(),
+            &["gateway", "shard", "shards", "data", "database_url"],
+            |dev: DevConfig| gateway::process::ProcessConfig {
+                listen: dev.listen,
+                redis_url: dev.redis_url,
+                edge: dev.gateway,
+                ..Default::default()
+            },
+        )?;
         if let Some(v) = self.redis_url {
             c.redis_url = Some(v);
         }
@@ -167,6 +218,28 @@ impl GatewayOpts {
         validate_edge(&c.edge)?;
         c.validate()
     }
+}
+
+/// Reads a role's config file: its own shape, or (recognised by any of `legacy` among its top-level
+/// keys) a `tandem dev` file, converted by `from_dev` — cluster roles read those before they had
+/// config types of their own.
+fn load_role<T: serde::de::DeserializeOwned + Default>(
+    path: Option<&Path>,
+    legacy: &[&str],
+    from_dev: impl FnOnce(DevConfig) -> T,
+) -> anyhow::Result<T> {
+    let Some(path) = path else {
+        return Ok(T::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?;
+    if table.keys().any(|k| legacy.contains(&k.as_str())) {
+        let dev: DevConfig = load(Some(path))?;
+        return Ok(from_dev(dev));
+    }
+    load(Some(path))
 }
 
 /// Runs a shard process until SIGTERM (graceful: leaves the ring, hands its keys over, commits) or

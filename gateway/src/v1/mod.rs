@@ -145,7 +145,10 @@ impl V1Inbound {
                         actions.extend(drain(&self.session));
                     }
                 }
-                Action::Close { shard, channel } => shard.close(channel).await,
+                Action::Close { shard, channel } => {
+                    shard.close(channel).await;
+                    lock(&self.session).handle_close_done(channel);
+                }
                 Action::Room {
                     shard,
                     room,

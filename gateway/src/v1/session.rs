@@ -56,6 +56,8 @@ pub enum Failed {
     Open {
         /// The document.
         doc: DocId,
+        /// The request id.
+        rid: Option<RequestId>,
     },
     /// A binary frame of an open document.
     Message {
@@ -183,6 +185,9 @@ pub struct Session<H> {
     conn: ConnId,
     /// Open documents: channel id and owner.
     docs: HashMap<DocId, (ConnId, H)>,
+    /// Document channels being closed (reopened or `doc.close`d): until the driver reports the
+    /// close done ([`Session::handle_close_done`]), [`Session::close`] closes them too.
+    closing: Vec<(ConnId, H)>,
     /// Joined rooms and their owners.
     rooms: HashMap<RoomId, H>,
     /// Every shard this socket sent room requests to (rooms move; each is told when it ends).
@@ -209,6 +214,7 @@ impl<H: Owner> Session<H> {
             limits,
             conn,
             docs: HashMap::new(),
+            closing: Vec::new(),
             rooms: HashMap::new(),
             room_shards: HashMap::new(),
             next_channel,
@@ -265,6 +271,7 @@ impl<H: Owner> Session<H> {
             message: message.into(),
             id,
             about,
+            kind: None,
         };
         self.reply(&e.reply());
     }
@@ -291,6 +298,21 @@ impl<H: Owner> Session<H> {
         let frame: ClientFrame = match v1::parse_client_frame(data) {
             Ok(f) => f,
             Err(e) => {
+                // A history read is checked against the grant before its fields: no grant is
+                // `forbidden` whatever else is wrong.
+                if let (Some("history"), Some(About::Room(raw))) = (e.kind, &e.about) {
+                    if let Ok(room) = RoomId::parse(raw) {
+                        if self.identity.room_access(&room).is_none() {
+                            let about = room_about(&room);
+                            return self.deny(
+                                e.id,
+                                ErrorCode::Forbidden,
+                                "no grant for this room",
+                                about,
+                            );
+                        }
+                    }
+                }
                 self.reply(&e.reply());
                 return;
             }
@@ -353,14 +375,6 @@ impl<H: Owner> Session<H> {
                 doc_about(&doc),
             );
         };
-        if !self.docs.contains_key(&doc) && self.docs.len() >= self.limits.max_docs {
-            return self.deny(
-                id,
-                ErrorCode::Limit,
-                "too many open documents on this socket",
-                doc_about(&doc),
-            );
-        }
         let key = StreamId::Doc(doc.clone());
         self.pending = Some(Pending::DocOpen { id, doc, access });
         self.out.push_back(Action::Route { key });
@@ -369,6 +383,7 @@ impl<H: Owner> Session<H> {
     fn doc_close(&mut self, id: Option<RequestId>, doc: DocId) {
         match self.docs.remove(&doc) {
             Some((channel, shard)) => {
+                self.closing.push((channel, shard.clone()));
                 self.out.push_back(Action::Close { shard, channel });
                 self.reply(&Frame::Ok { id });
             }
@@ -435,14 +450,6 @@ impl<H: Owner> Session<H> {
             self.send_room(shard, room, id, access, req);
             return;
         }
-        if !self.rooms.contains_key(&room) && self.rooms.len() >= self.limits.max_rooms {
-            return self.deny(
-                id,
-                ErrorCode::Limit,
-                "too many rooms joined on this socket",
-                room_about(&room),
-            );
-        }
         // A join is routed afresh: the room may have moved since an earlier join.
         let key = StreamId::Room(room.clone());
         self.pending = Some(Pending::Room {
@@ -504,8 +511,19 @@ impl<H: Owner> Session<H> {
                         doc_about(&doc),
                     );
                 };
-                // Opening again restarts the channel (after a doc.closed, or to force a resync).
+                if !self.docs.contains_key(&doc) && self.docs.len() >= self.limits.max_docs {
+                    return self.deny(
+                        id,
+                        ErrorCode::Limit,
+                        "too many open documents on this socket",
+                        doc_about(&doc),
+                    );
+                }
+                // Opening again restarts the channel (after a doc.closed, or to force a resync). The
+                // old channel stays on the closing list until its close is done, so that a socket
+                // torn down meanwhile still closes it.
                 if let Some((old, old_shard)) = self.docs.remove(&doc) {
+                    self.closing.push((old, old_shard.clone()));
                     self.out.push_back(Action::Close {
                         shard: old_shard,
                         channel: old,
@@ -513,6 +531,7 @@ impl<H: Owner> Session<H> {
                 }
                 let channel = (self.next_channel)();
                 // Queued before the shard can send anything on the channel: the reply comes first.
+                let id_for_failure = id.clone();
                 self.reply(&Frame::DocOpened {
                     id,
                     doc: doc.clone(),
@@ -524,7 +543,10 @@ impl<H: Owner> Session<H> {
                     channel,
                     doc: doc.clone(),
                     can_write: access >= Access::Write,
-                    failed: Failed::Open { doc },
+                    failed: Failed::Open {
+                        doc,
+                        rid: id_for_failure,
+                    },
                 });
             }
             Pending::Room {
@@ -542,6 +564,14 @@ impl<H: Owner> Session<H> {
                     );
                 };
                 self.remember_shard(&shard);
+                if !self.rooms.contains_key(&room) && self.rooms.len() >= self.limits.max_rooms {
+                    return self.deny(
+                        id,
+                        ErrorCode::Limit,
+                        "too many rooms joined on this socket",
+                        room_about(&room),
+                    );
+                }
                 self.rooms.insert(room.clone(), shard.clone());
                 self.send_room(shard, room, id, access, req);
             }
@@ -591,10 +621,10 @@ impl<H: Owner> Session<H> {
     /// A shard call failed (the shard, or the link to it, is gone).
     pub fn handle_unavailable(&mut self, failed: Failed) {
         match failed {
-            Failed::Open { doc } => {
+            Failed::Open { doc, rid } => {
                 self.docs.remove(&doc);
                 self.deny(
-                    None,
+                    rid,
                     ErrorCode::Unavailable,
                     "the document's shard is unavailable",
                     doc_about(&doc),
@@ -628,7 +658,13 @@ impl<H: Owner> Session<H> {
         }
     }
 
-    /// The socket is gone: every owner is told (idempotent).
+    /// The driver carried out the [`Action::Close`] of `channel`.
+    pub fn handle_close_done(&mut self, channel: ConnId) {
+        self.closing.retain(|(c, _)| *c != channel);
+    }
+
+    /// The socket is gone: every owner is told (idempotent). A channel whose close may still be in
+    /// flight is closed again: closing twice is harmless, leaving it open is not.
     pub fn close(&mut self) {
         if self.closed {
             return;
@@ -636,7 +672,9 @@ impl<H: Owner> Session<H> {
         self.closed = true;
         self.pending = None;
         self.rooms.clear();
-        for (_, (channel, shard)) in self.docs.drain() {
+        let open = self.docs.drain().map(|(_, c)| c);
+        let closing = std::mem::take(&mut self.closing);
+        for (channel, shard) in open.chain(closing).collect::<Vec<_>>() {
             self.out.push_back(Action::Close { shard, channel });
         }
         for (_, shard) in self.room_shards.drain() {

@@ -202,6 +202,15 @@ async fn serve_link(
         while !core.is_stalled() && !core.is_down() {
             match link::check(&buf[used..], cfg.max_frame) {
                 Ok(Some(n)) => {
+                    // Each frame is judged on the latest ownership view (a batch can take a while:
+                    // every call into the shard may wait).
+                    if own_open && own.has_changed().unwrap_or(false) {
+                        let view = own.borrow_and_update().clone();
+                        core.handle_ownership(Instant::now().into_std(), view);
+                        if !carry_out(&mut core, &shard, &out, &refresh).await {
+                            break 'link;
+                        }
+                    }
                     core.handle_frame(Instant::now().into_std(), &buf[used..used + n]);
                     used += n;
                     if !carry_out(&mut core, &shard, &out, &refresh).await {
@@ -228,6 +237,9 @@ async fn serve_link(
             }
         };
         tokio::select! {
+            // Bytes first: after a long wait on the shard (backpressure), frames that arrived
+            // meanwhile prove the gateway alive before the silence timer is looked at.
+            biased;
             // Cancel-safe: a read that loses the race has read nothing.
             n = r.read_buf(&mut buf), if !core.is_stalled() => match n {
                 Ok(0) => core.handle_closed("gateway closed the link"),
