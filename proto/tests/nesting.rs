@@ -1,6 +1,8 @@
 //! The per-document nesting tracker ([`proto::yjs::nesting`]) against real
 //! yjs editing sessions (`testdata/nesting.txt`) and handcrafted updates.
 
+mod common;
+
 use proto::yjs::lib0::Encoder;
 use proto::yjs::nesting::{NestingError, NestingTracker};
 use proto::yjs::update::{
@@ -40,18 +42,7 @@ fn with_limit(t: &NestingTracker, max_depth: u32) -> NestingTracker {
 // ---- vectors --------------------------------------------------------------
 
 fn vectors() -> Vec<(String, Vec<u8>)> {
-    let text = include_str!("../src/yjs/testdata/nesting.txt");
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|line| {
-            let (name, hex) = line.split_once(' ').expect("name hex");
-            let bytes = (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
-                .collect();
-            (name.to_string(), bytes)
-        })
-        .collect()
+    common::parse_vectors(include_str!("../src/yjs/testdata/nesting.txt"))
 }
 
 fn get(name: &str) -> Vec<u8> {

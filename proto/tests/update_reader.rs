@@ -1,6 +1,8 @@
 //! The update v1 tokenizer ([`proto::yjs::update::UpdateReader`]): what it
 //! hands out, how calls may skip ahead, and how the two rule sets differ.
 
+mod common;
+
 use proto::yjs::hostile;
 use proto::yjs::lib0::Encoder;
 use proto::yjs::update::{
@@ -19,18 +21,7 @@ fn strict() -> Rules {
 }
 
 fn vectors() -> Vec<(String, Vec<u8>)> {
-    let text = include_str!("../src/yjs/testdata/vectors.txt");
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|line| {
-            let (name, hex) = line.split_once(' ').expect("name hex");
-            let bytes = (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
-                .collect();
-            (name.to_string(), bytes)
-        })
-        .collect()
+    common::parse_vectors(include_str!("../src/yjs/testdata/vectors.txt"))
 }
 
 /// Everything the reader hands out for one update, in order.

@@ -1,6 +1,8 @@
 //! The stateless validator ([`proto::yjs::validate`]) against real yjs
 //! vectors, hostile generators, targeted malformations and a mutation fuzzer.
 
+mod common;
+
 use proto::yjs::hostile;
 use proto::yjs::lib0::Encoder;
 use proto::yjs::message::{self, Message};
@@ -14,18 +16,7 @@ use proto::yjs::validate::{
 };
 
 fn vectors() -> Vec<(String, Vec<u8>)> {
-    let text = include_str!("../src/yjs/testdata/vectors.txt");
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|line| {
-            let (name, hex) = line.split_once(' ').expect("name hex");
-            let bytes = (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
-                .collect();
-            (name.to_string(), bytes)
-        })
-        .collect()
+    common::parse_vectors(include_str!("../src/yjs/testdata/vectors.txt"))
 }
 
 fn real_updates() -> Vec<(String, Vec<u8>)> {

@@ -26,6 +26,7 @@ use crate::handle::{
 };
 use crate::metrics::Metrics;
 use crate::room::{RoomCore, RoomOutput};
+use crate::timer::{self, wall_ms};
 
 enum Cmd {
     Open {
@@ -279,14 +280,15 @@ struct Driver {
 impl Driver {
     async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
         loop {
+            // A small slack groups nearby timers into one wake-up.
             let deadline = match (self.core.poll_timeout(), self.rooms.poll_timeout()) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             }
-            .map(Instant::from_std);
+            .map(|d| d + Duration::from_millis(5));
             let cmd = tokio::select! {
                 cmd = rx.recv() => cmd,
-                _ = sleep_until_opt(deadline) => {
+                _ = timer::sleep_until(deadline) => {
                     let now = Instant::now().into_std();
                     self.core.handle_timeout(now);
                     self.rooms.handle_timeout(now);
@@ -755,19 +757,4 @@ async fn newest(
 ) -> Result<Vec<proto::Event>, StoreError> {
     let loaded = store.load(stream).await?;
     crate::room::newest_events(&loaded, limit)
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        // A small slack groups nearby timers into one wake-up.
-        Some(d) => tokio::time::sleep_until(d + Duration::from_millis(5)).await,
-        None => std::future::pending().await,
-    }
-}
-
-fn wall_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -30,6 +30,7 @@ pub mod link;
 pub mod metrics;
 pub mod process;
 pub mod room;
+mod timer;
 
 pub use crate::config::{CoreConfig, RoomConfig};
 pub use crate::core::{Output, ShardCore};

@@ -31,6 +31,7 @@ use crate::driver::LocalShard;
 use crate::handle::Stats;
 use crate::link::{self, ServerConfig};
 use crate::metrics::{self, Metrics};
+use crate::timer::{self, wall_ms};
 
 /// Everything a shard process runs with (also the shape of its `--config` TOML file).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -331,13 +332,7 @@ impl Started {
                     MemberOutput::Exit(why) => return why,
                 }
             }
-            let deadline = core.poll_timeout().map(Instant::from_std);
-            let sleep = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let sleep = timer::sleep_until(core.poll_timeout());
             tokio::select! {
                 _ = &mut shutdown, if !signalled => {
                     signalled = true;
@@ -456,11 +451,4 @@ async fn admin_server(
                 .await;
         });
     }
-}
-
-fn wall_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

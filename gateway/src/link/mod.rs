@@ -9,7 +9,7 @@
 
 pub mod session;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -140,25 +140,15 @@ impl LinkClient {
     pub fn stop(&self) {
         self.inner.stopped.store(true, Ordering::Relaxed);
         self.inner.stop_notify.notify_waiters();
-        let outputs = {
-            let mut st = self.inner.state();
-            st.tx = None;
-            st.core.stop();
-            drain(&mut st.core)
-        };
-        carry_out(&self.inner, outputs);
+        step(&self.inner, &mut Outputs::new(), |core| core.stop());
+        self.inner.state().tx = None;
     }
 
     /// Ends every session whose key `owns` says this shard no longer owns (after a ring change):
     /// documents close their client (1012, "moved"; the shard is told), rooms get `room.closed` with
     /// code `moved` (the client rejoins; the join is routed to the new owner).
     pub fn evict(&self, owns: impl Fn(&StreamId) -> bool) {
-        let outputs = {
-            let mut st = self.inner.state();
-            st.core.evict(owns);
-            drain(&mut st.core)
-        };
-        carry_out(&self.inner, outputs);
+        step(&self.inner, &mut Outputs::new(), |core| core.evict(owns));
     }
 }
 
@@ -271,57 +261,69 @@ impl ShardPort for ClientInner {
     }
 }
 
-fn drain(core: &mut ClientSession<ConnSink>) -> Vec<ClientOutput<ConnSink>> {
-    std::iter::from_fn(|| core.poll_output()).collect()
+type Outputs = VecDeque<ClientOutput<ConnSink>>;
+
+/// Feeds the core one input (`f`, under the lock) and carries out what it asks, through `outs` (a
+/// buffer the caller reuses, so a frame costs no allocation here). True when the link is dead.
+fn step(
+    inner: &ClientInner,
+    outs: &mut Outputs,
+    f: impl FnOnce(&mut ClientSession<ConnSink>),
+) -> bool {
+    {
+        let mut st = inner.state();
+        f(&mut st.core);
+        outs.extend(std::iter::from_fn(|| st.core.poll_output()));
+    }
+    carry_out(inner, outs)
 }
 
-/// Carries out the core's outputs (never waits: it runs on the link's reader and under callers
-/// that must not block).
-fn carry_out(inner: &ClientInner, mut outputs: Vec<ClientOutput<ConnSink>>) {
-    while !outputs.is_empty() {
-        let mut more = Vec::new();
-        for o in outputs {
-            match o {
-                ClientOutput::Deliver {
-                    session,
-                    sink,
-                    text,
-                    payload,
-                } => {
-                    let ok = if text {
-                        sink.try_send_text(payload)
-                    } else {
-                        sink.try_send_frame(payload)
-                    };
-                    if !ok {
-                        let mut st = inner.state();
-                        st.core.handle_slow_consumer(session);
-                        more.extend(drain(&mut st.core));
-                    }
-                }
-                ClientOutput::End { sink, code, reason } => sink.close(code, &reason),
-                ClientOutput::Kill { sink, code, reason } => sink.close_socket(code, reason),
-                ClientOutput::Moved { sink, room } => {
-                    let frame = proto::v1::Frame::RoomClosed {
-                        room,
-                        code: ErrorCode::Moved,
-                        message: "room moved to another shard, rejoin".into(),
-                    };
-                    sink.send_text_or_kill(frame.to_bytes().into());
-                }
-                ClientOutput::Transmit(frame) => {
-                    if let Some(tx) = inner.state().tx.as_ref() {
-                        let _ = tx.try_send(frame);
-                    }
-                }
-                ClientOutput::RingHint => inner.on_ring_hint.notify_one(),
-                ClientOutput::Dead { reason } => {
-                    tracing::warn!(shard = %inner.shard, %reason, "dropping the link");
+/// Carries out the core's outputs, emptying `outs` (never waits: it runs on the link's reader and
+/// under callers that must not block). True when one of them said the link is dead.
+fn carry_out(inner: &ClientInner, outs: &mut Outputs) -> bool {
+    let mut dead = false;
+    while let Some(o) = outs.pop_front() {
+        match o {
+            ClientOutput::Deliver {
+                session,
+                sink,
+                text,
+                payload,
+            } => {
+                let ok = if text {
+                    sink.try_send_text(payload)
+                } else {
+                    sink.try_send_frame(payload)
+                };
+                if !ok {
+                    let mut st = inner.state();
+                    st.core.handle_slow_consumer(session);
+                    outs.extend(std::iter::from_fn(|| st.core.poll_output()));
                 }
             }
+            ClientOutput::End { sink, code, reason } => sink.close(code, &reason),
+            ClientOutput::Kill { sink, code, reason } => sink.close_socket(code, reason),
+            ClientOutput::Moved { sink, room } => {
+                let frame = proto::v1::Frame::RoomClosed {
+                    room,
+                    code: ErrorCode::Moved,
+                    message: "room moved to another shard, rejoin".into(),
+                };
+                sink.send_text_or_kill(frame.to_bytes().into());
+            }
+            ClientOutput::Transmit(frame) => {
+                if let Some(tx) = inner.state().tx.as_ref() {
+                    let _ = tx.try_send(frame);
+                }
+            }
+            ClientOutput::RingHint => inner.on_ring_hint.notify_one(),
+            ClientOutput::Dead { reason } => {
+                dead = true;
+                tracing::warn!(shard = %inner.shard, %reason, "dropping the link");
+            }
         }
-        outputs = more;
     }
+    dead
 }
 
 async fn connect_loop(inner: Arc<ClientInner>) {
@@ -372,51 +374,39 @@ async fn connect_loop(inner: Arc<ClientInner>) {
             _ = inner.stop_notify.notified() => {}
         }
         writer.abort();
-        let (outputs, sessions) = {
+        let sessions = {
             let mut st = inner.state();
             st.tx = None;
-            let sessions = st.core.sessions();
-            st.core.disconnected("shard unavailable, reconnect");
-            (drain(&mut st.core), sessions)
+            st.core.sessions()
         };
         if sessions > 0 {
             tracing::warn!(shard = %inner.shard, sessions, "link down; ending its sessions");
         }
-        carry_out(&inner, outputs);
+        step(&inner, &mut Outputs::new(), |core| {
+            core.disconnected("shard unavailable, reconnect")
+        });
     }
 }
 
 /// Reads frames from the shard until the link ends (EOF, an error, silence, a bad frame).
 async fn read_link(inner: &ClientInner, mut r: tokio::net::tcp::OwnedReadHalf) {
     let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
+    let mut outs = Outputs::new();
     loop {
         let mut used = 0;
         loop {
             match link::check(&buf[used..], link::MAX_FRAME) {
                 Ok(Some(n)) => {
-                    let outputs = {
-                        let mut st = inner.state();
-                        st.core
-                            .handle_frame(Instant::now().into_std(), &buf[used..used + n]);
-                        drain(&mut st.core)
-                    };
+                    let frame = &buf[used..used + n];
                     used += n;
-                    let dead = outputs
-                        .iter()
-                        .any(|o| matches!(o, ClientOutput::Dead { .. }));
-                    carry_out(inner, outputs);
-                    if dead {
+                    let now = Instant::now().into_std();
+                    if step(inner, &mut outs, |core| core.handle_frame(now, frame)) {
                         return;
                     }
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let outputs = {
-                        let mut st = inner.state();
-                        st.core.handle_error(&e);
-                        drain(&mut st.core)
-                    };
-                    carry_out(inner, outputs);
+                    step(inner, &mut outs, |core| core.handle_error(&e));
                     return;
                 }
             }
@@ -443,14 +433,8 @@ async fn read_link(inner: &ClientInner, mut r: tokio::net::tcp::OwnedReadHalf) {
                 }
             },
             _ = sleep => {
-                let outputs = {
-                    let mut st = inner.state();
-                    st.core.handle_timeout(Instant::now().into_std());
-                    drain(&mut st.core)
-                };
-                let dead = outputs.iter().any(|o| matches!(o, ClientOutput::Dead { .. }));
-                carry_out(inner, outputs);
-                if dead {
+                let now = Instant::now().into_std();
+                if step(inner, &mut outs, |core| core.handle_timeout(now)) {
                     return;
                 }
             }

@@ -501,16 +501,19 @@ impl<H: Owner> Session<H> {
         let Some(pending) = self.pending.take() else {
             return;
         };
+        let Some(shard) = owner else {
+            let (id, message, about) = match pending {
+                Pending::DocOpen { id, doc, .. } => {
+                    (id, "no shard for this document", doc_about(&doc))
+                }
+                Pending::Room { id, room, .. } | Pending::History { id, room, .. } => {
+                    (id, "no shard for this room", room_about(&room))
+                }
+            };
+            return self.deny(id, ErrorCode::Unavailable, message, about);
+        };
         match pending {
             Pending::DocOpen { id, doc, access } => {
-                let Some(shard) = owner else {
-                    return self.deny(
-                        id,
-                        ErrorCode::Unavailable,
-                        "no shard for this document",
-                        doc_about(&doc),
-                    );
-                };
                 if !self.docs.contains_key(&doc) && self.docs.len() >= self.limits.max_docs {
                     return self.deny(
                         id,
@@ -555,14 +558,6 @@ impl<H: Owner> Session<H> {
                 access,
                 req,
             } => {
-                let Some(shard) = owner else {
-                    return self.deny(
-                        id,
-                        ErrorCode::Unavailable,
-                        "no shard for this room",
-                        room_about(&room),
-                    );
-                };
                 self.remember_shard(&shard);
                 if !self.rooms.contains_key(&room) && self.rooms.len() >= self.limits.max_rooms {
                     return self.deny(
@@ -581,14 +576,6 @@ impl<H: Owner> Session<H> {
                 access,
                 query,
             } => {
-                let Some(shard) = owner else {
-                    return self.deny(
-                        id,
-                        ErrorCode::Unavailable,
-                        "no shard for this room",
-                        room_about(&room),
-                    );
-                };
                 self.remember_shard(&shard);
                 let Some(permit) = self.history.try_take() else {
                     let message = format!(
@@ -620,42 +607,21 @@ impl<H: Owner> Session<H> {
 
     /// A shard call failed (the shard, or the link to it, is gone).
     pub fn handle_unavailable(&mut self, failed: Failed) {
-        match failed {
+        let doc_gone = "the document's shard is unavailable";
+        let room_gone = "the room's shard is unavailable";
+        let (rid, message, about) = match failed {
             Failed::Open { doc, rid } => {
                 self.docs.remove(&doc);
-                self.deny(
-                    rid,
-                    ErrorCode::Unavailable,
-                    "the document's shard is unavailable",
-                    doc_about(&doc),
-                );
+                (rid, doc_gone, doc_about(&doc))
             }
-            Failed::Message { doc } => {
-                self.deny(
-                    None,
-                    ErrorCode::Unavailable,
-                    "the document's shard is unavailable",
-                    doc_about(&doc),
-                );
-            }
+            Failed::Message { doc } => (None, doc_gone, doc_about(&doc)),
             Failed::Room { room, rid } => {
                 self.rooms.remove(&room);
-                self.deny(
-                    rid,
-                    ErrorCode::Unavailable,
-                    "the room's shard is unavailable",
-                    room_about(&room),
-                );
+                (rid, room_gone, room_about(&room))
             }
-            Failed::History { room, rid } => {
-                self.deny(
-                    rid,
-                    ErrorCode::Unavailable,
-                    "the room's shard is unavailable",
-                    room_about(&room),
-                );
-            }
-        }
+            Failed::History { room, rid } => (rid, room_gone, room_about(&room)),
+        };
+        self.deny(rid, ErrorCode::Unavailable, message, about);
     }
 
     /// The driver carried out the [`Action::Close`] of `channel`.

@@ -229,13 +229,7 @@ async fn serve_link(
         if core.is_down() {
             break;
         }
-        let deadline = core.poll_timeout().map(Instant::from_std);
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
+        let sleep = crate::timer::sleep_until(core.poll_timeout());
         tokio::select! {
             // Bytes first: after a long wait on the shard (backpressure), frames that arrived
             // meanwhile prove the gateway alive before the silence timer is looked at.
