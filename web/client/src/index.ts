@@ -517,7 +517,21 @@ export class Room extends Emitter {
   join (opts: { state?: unknown } = {}): Promise<JoinResult> {
     if (opts.state !== undefined) this.state = opts.state
     this.joined = true
-    return this.sendJoin()
+    return this.joinRetrying(Date.now() + JOIN_RETRY_MS, 100)
+  }
+
+  /**
+   * A first join meets `unavailable` / `shutting_down` while the room's owner moves (a rebalance, a
+   * failover): it is retried with backoff for up to JOIN_RETRY_MS; other refusals reject at once.
+   */
+  private joinRetrying (deadline: number, delay: number): Promise<JoinResult> {
+    return this.sendJoin().catch(async (err: TandemError) => {
+      const transient = err.code === 'unavailable' || err.code === 'shutting_down'
+      if (!transient || !this.joined || Date.now() + delay > deadline) throw err
+      await new Promise((resolve) => setTimeout(resolve, delay))
+      if (!this.joined) throw err
+      return await this.joinRetrying(deadline, Math.min(delay * 2, 1000))
+    })
   }
 
   private sendJoin (): Promise<JoinResult> {
@@ -668,6 +682,9 @@ export class Room extends Emitter {
     })
   }
 }
+
+/** How long a first `join()` keeps retrying while the room is moving between shards. */
+const JOIN_RETRY_MS = 10_000
 
 function ackOf (m: any): Ack {
   const a: Ack = { epoch: m.epoch, seq: m.seq }
