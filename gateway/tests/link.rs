@@ -24,7 +24,14 @@ struct Shard {
 
 async fn shard(id: &ShardId, serving: bool) -> Shard {
     let log = Arc::new(store::memory::MemoryLog::new());
-    let local = shard::driver::spawn(id.clone(), CoreConfig::default(), log, Metrics::default());
+    let local = shard::driver::spawn(
+        id.clone(),
+        CoreConfig::default(),
+        log,
+        Metrics::default(),
+        None,
+    )
+    .expect("no media socket to bind");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -40,11 +40,19 @@ pub enum EventType {
     ScreenShareStarted,
     /// `screen.share.stopped` v1.
     ScreenShareStopped,
+    /// `call.started` v1: the first participant joined a room's call.
+    CallStarted,
+    /// `call.participant.joined` v1.
+    CallParticipantJoined,
+    /// `call.participant.left` v1 (left, timed out, or dropped by a failover).
+    CallParticipantLeft,
+    /// `call.ended` v1: the last participant left.
+    CallEnded,
 }
 
 impl EventType {
     /// Every type in the catalog.
-    pub const ALL: [EventType; 11] = [
+    pub const ALL: [EventType; 15] = [
         Self::DocumentUpdated,
         Self::UserJoined,
         Self::UserLeft,
@@ -56,6 +64,10 @@ impl EventType {
         Self::VideoPeerSignal,
         Self::ScreenShareStarted,
         Self::ScreenShareStopped,
+        Self::CallStarted,
+        Self::CallParticipantJoined,
+        Self::CallParticipantLeft,
+        Self::CallEnded,
     ];
 
     /// The dotted type name used on the wire and in the store.
@@ -72,6 +84,10 @@ impl EventType {
             Self::VideoPeerSignal => "video.peer.signal",
             Self::ScreenShareStarted => "screen.share.started",
             Self::ScreenShareStopped => "screen.share.stopped",
+            Self::CallStarted => "call.started",
+            Self::CallParticipantJoined => "call.participant.joined",
+            Self::CallParticipantLeft => "call.participant.left",
+            Self::CallEnded => "call.ended",
         }
     }
 
@@ -197,6 +213,29 @@ pub struct ScreenShareV1 {
     pub track: String,
 }
 
+/// `call.started` v1 and `call.ended` v1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CallV1 {
+    /// The call's id (one per call session of a room: from its start to its end).
+    pub call: String,
+    /// Who started it (`call.started`) or left last (`call.ended`).
+    pub user: UserId,
+}
+
+/// `call.participant.joined` v1 and `call.participant.left` v1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CallParticipantV1 {
+    /// The call's id.
+    pub call: String,
+    /// The participant's user.
+    pub user: UserId,
+    /// The participant's id in the call (one per connection that joined).
+    pub participant: String,
+    /// `call.participant.left` only: why (`left`, `timeout`, `closed`, `moved`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// The payload of an event, tagged by type name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", content = "payload")]
@@ -234,6 +273,18 @@ pub enum EventPayload {
     /// `screen.share.stopped` v1.
     #[serde(rename = "screen.share.stopped")]
     ScreenShareStopped(ScreenShareV1),
+    /// `call.started` v1.
+    #[serde(rename = "call.started")]
+    CallStarted(CallV1),
+    /// `call.participant.joined` v1.
+    #[serde(rename = "call.participant.joined")]
+    CallParticipantJoined(CallParticipantV1),
+    /// `call.participant.left` v1.
+    #[serde(rename = "call.participant.left")]
+    CallParticipantLeft(CallParticipantV1),
+    /// `call.ended` v1.
+    #[serde(rename = "call.ended")]
+    CallEnded(CallV1),
 }
 
 impl EventPayload {
@@ -251,6 +302,10 @@ impl EventPayload {
             Self::VideoPeerSignal(_) => EventType::VideoPeerSignal,
             Self::ScreenShareStarted(_) => EventType::ScreenShareStarted,
             Self::ScreenShareStopped(_) => EventType::ScreenShareStopped,
+            Self::CallStarted(_) => EventType::CallStarted,
+            Self::CallParticipantJoined(_) => EventType::CallParticipantJoined,
+            Self::CallParticipantLeft(_) => EventType::CallParticipantLeft,
+            Self::CallEnded(_) => EventType::CallEnded,
         }
     }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::v1::{RequestId, RoomRequest};
+use crate::v1::{CallRequest, RequestId, RoomRequest};
 use crate::{Access, DocId, RoomId, Seq, UserId};
 
 /// Bytes before the payload: length, kind, session.
@@ -118,6 +118,11 @@ pub enum RoomCall {
     Request {
         /// The request.
         req: RoomRequest,
+    },
+    /// A call request, handled by the owner's call core.
+    Call {
+        /// The request.
+        req: CallRequest,
     },
     /// A history read, served from the store.
     History {

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use schemars::{schema_for, JsonSchema};
 
 use crate::event::{
-    ChatMessageDeletedV1, ChatMessageEditedV1, ChatMessageSentV1, DocumentUpdatedV1, Event,
-    ScreenShareV1, TypingV1, UserPresenceV1, VideoPeerSignalV1,
+    CallParticipantV1, CallV1, ChatMessageDeletedV1, ChatMessageEditedV1, ChatMessageSentV1,
+    DocumentUpdatedV1, Event, ScreenShareV1, TypingV1, UserPresenceV1, VideoPeerSignalV1,
 };
 
 fn render<T: JsonSchema>() -> String {
@@ -55,6 +55,16 @@ pub fn generate() -> BTreeMap<&'static str, String> {
     m.insert(
         "screen.share.stopped.v1.schema.json",
         render::<ScreenShareV1>(),
+    );
+    m.insert("call.started.v1.schema.json", render::<CallV1>());
+    m.insert("call.ended.v1.schema.json", render::<CallV1>());
+    m.insert(
+        "call.participant.joined.v1.schema.json",
+        render::<CallParticipantV1>(),
+    );
+    m.insert(
+        "call.participant.left.v1.schema.json",
+        render::<CallParticipantV1>(),
     );
     m
 }

@@ -213,6 +213,262 @@ pub enum ClientFrame {
         /// The document.
         doc: DocId,
     },
+    /// Join the room's call (the socket must have joined the room).
+    #[serde(rename = "call.join")]
+    CallJoin {
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// The room.
+        room: RoomId,
+    },
+    /// Leave the room's call.
+    #[serde(rename = "call.leave")]
+    CallLeave {
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// The room.
+        room: RoomId,
+    },
+    /// An SDP offer (the client always offers; answered with `call.answer`).
+    #[serde(rename = "call.offer")]
+    CallOffer {
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// The room.
+        room: RoomId,
+        /// The offer (SDP text).
+        sdp: String,
+        /// Sending m-lines of this offer that publish a track, with its kind.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        publish: Vec<Publish>,
+        /// Receiving m-lines of this offer that carry another participant's track.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        subscribe: Vec<Subscribe>,
+    },
+    /// A trickled ICE candidate of the client (`null` or `""`: end of candidates).
+    #[serde(rename = "call.ice")]
+    CallIce {
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// The room.
+        room: RoomId,
+        /// The candidate line (`candidate:…`).
+        #[serde(default)]
+        candidate: Option<String>,
+    },
+    /// Declares the kind of a sending m-line before the `call.offer` that adds it.
+    #[serde(rename = "track.publish")]
+    TrackPublish {
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// The room.
+        room: RoomId,
+        /// The m-line (its `mid` in the client's description).
+        mid: String,
+        /// What it carries.
+        kind: TrackKind,
+    },
+    /// Stops publishing one of the client's tracks.
+    #[serde(rename = "track.unpublish")]
+    TrackUnpublish {
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// The room.
+        room: RoomId,
+        /// The track id.
+        track: String,
+    },
+    /// Changes the wanted quality of a subscribed track (`off`: stop forwarding it).
+    #[serde(rename = "track.subscribe")]
+    TrackSubscribe {
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// The room.
+        room: RoomId,
+        /// The track id.
+        track: String,
+        /// The wanted quality.
+        quality: Quality,
+    },
+    /// Mutes or unmutes one of the client's tracks (announced to the call).
+    #[serde(rename = "track.mute")]
+    TrackMute {
+        /// Request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// The room.
+        room: RoomId,
+        /// The track id.
+        track: String,
+        /// Muted or not.
+        muted: bool,
+    },
+}
+
+/// What a published track carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrackKind {
+    /// Camera video.
+    Camera,
+    /// Microphone audio.
+    Microphone,
+    /// Screen share video.
+    Screen,
+    /// Screen share audio.
+    ScreenAudio,
+}
+
+impl TrackKind {
+    /// Whether the track is video.
+    pub fn is_video(self) -> bool {
+        matches!(self, Self::Camera | Self::Screen)
+    }
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Camera => "camera",
+            Self::Microphone => "microphone",
+            Self::Screen => "screen",
+            Self::ScreenAudio => "screen-audio",
+        }
+    }
+}
+
+/// A subscriber's wanted quality of a video track (audio ignores it, except `off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quality {
+    /// Nothing (the track is not displayed): nothing is forwarded.
+    Off,
+    /// The lowest simulcast layer.
+    Low,
+    /// The middle layer.
+    Medium,
+    /// The highest layer.
+    High,
+}
+
+/// One `publish` entry of `call.offer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Publish {
+    /// The m-line's mid.
+    pub mid: String,
+    /// What it carries.
+    pub kind: TrackKind,
+}
+
+/// One `subscribe` entry of `call.offer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscribe {
+    /// The receiving m-line's mid.
+    pub mid: String,
+    /// The track it carries.
+    pub track: String,
+    /// The wanted quality (default `high`).
+    #[serde(default = "Quality::high")]
+    pub quality: Quality,
+}
+
+impl Quality {
+    fn high() -> Self {
+        Self::High
+    }
+}
+
+/// A call request as the room's owner sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum CallRequest {
+    /// `call.join`.
+    Join,
+    /// `call.leave`.
+    Leave,
+    /// `call.offer`.
+    Offer {
+        /// The SDP offer.
+        sdp: String,
+        /// Publishing m-lines.
+        publish: Vec<Publish>,
+        /// Subscribing m-lines.
+        subscribe: Vec<Subscribe>,
+    },
+    /// `call.ice`.
+    Ice {
+        /// The candidate (`None`: end of candidates).
+        candidate: Option<String>,
+    },
+    /// `track.publish`.
+    Publish {
+        /// The entry.
+        publish: Publish,
+    },
+    /// `track.unpublish`.
+    Unpublish {
+        /// The track.
+        track: String,
+    },
+    /// `track.subscribe`.
+    Subscribe {
+        /// The track.
+        track: String,
+        /// The wanted quality.
+        quality: Quality,
+    },
+    /// `track.mute`.
+    Mute {
+        /// The track.
+        track: String,
+        /// Muted or not.
+        muted: bool,
+    },
+}
+
+/// A call participant, in `call.joined` and `call.participant.joined`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantInfo {
+    /// The participant id (one per connection that joined the call).
+    pub id: String,
+    /// Its user.
+    pub user: UserId,
+}
+
+/// A published track, in `call.joined` and `track.published`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackInfo {
+    /// The track id.
+    pub id: String,
+    /// The publishing participant.
+    pub participant: String,
+    /// Its user.
+    pub user: UserId,
+    /// What it carries.
+    pub kind: TrackKind,
+    /// Muted by its publisher.
+    pub muted: bool,
+    /// Simulcast layers (rids) the publisher sends; empty without simulcast.
+    pub layers: Vec<String>,
+}
+
+/// An ICE server handed to clients (`RTCIceServer`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    /// `turn:` / `turns:` / `stun:` URLs.
+    pub urls: Vec<String>,
+    /// TURN username (time-limited: `expiry:user`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// TURN password for `username`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 /// A `history` query.
@@ -254,6 +510,13 @@ pub enum Request {
     DocClose {
         /// The document.
         doc: DocId,
+    },
+    /// A call request (`call.*`, `track.*`), handled by the room's owner.
+    Call {
+        /// The room.
+        room: RoomId,
+        /// The request.
+        req: CallRequest,
     },
 }
 
@@ -308,6 +571,95 @@ impl ClientFrame {
             ),
             Self::DocOpen { id, doc } => (id, Request::DocOpen { doc }),
             Self::DocClose { id, doc } => (id, Request::DocClose { doc }),
+            Self::CallJoin { id, room } => (
+                id,
+                Request::Call {
+                    room,
+                    req: CallRequest::Join,
+                },
+            ),
+            Self::CallLeave { id, room } => (
+                id,
+                Request::Call {
+                    room,
+                    req: CallRequest::Leave,
+                },
+            ),
+            Self::CallOffer {
+                id,
+                room,
+                sdp,
+                publish,
+                subscribe,
+            } => (
+                id,
+                Request::Call {
+                    room,
+                    req: CallRequest::Offer {
+                        sdp,
+                        publish,
+                        subscribe,
+                    },
+                },
+            ),
+            Self::CallIce {
+                id,
+                room,
+                candidate,
+            } => (
+                id,
+                Request::Call {
+                    room,
+                    req: CallRequest::Ice {
+                        candidate: candidate.filter(|c| !c.is_empty()),
+                    },
+                },
+            ),
+            Self::TrackPublish {
+                id,
+                room,
+                mid,
+                kind,
+            } => (
+                id,
+                Request::Call {
+                    room,
+                    req: CallRequest::Publish {
+                        publish: Publish { mid, kind },
+                    },
+                },
+            ),
+            Self::TrackUnpublish { id, room, track } => (
+                id,
+                Request::Call {
+                    room,
+                    req: CallRequest::Unpublish { track },
+                },
+            ),
+            Self::TrackSubscribe {
+                id,
+                room,
+                track,
+                quality,
+            } => (
+                id,
+                Request::Call {
+                    room,
+                    req: CallRequest::Subscribe { track, quality },
+                },
+            ),
+            Self::TrackMute {
+                id,
+                room,
+                track,
+                muted,
+            } => (
+                id,
+                Request::Call {
+                    room,
+                    req: CallRequest::Mute { track, muted },
+                },
+            ),
         }
     }
 }
@@ -383,6 +735,10 @@ pub enum ErrorCode {
     ShuttingDown,
     /// `room.closed` only: the room moved to another shard; rejoin.
     Moved,
+    /// A call request from a connection that is not in the room's call (`call.join` first).
+    NotInCall,
+    /// `call.closed` only: the participant's media connection timed out.
+    Timeout,
 }
 
 impl ErrorCode {
@@ -401,6 +757,8 @@ impl ErrorCode {
             Self::Unavailable => "unavailable",
             Self::ShuttingDown => "shutting_down",
             Self::Moved => "moved",
+            Self::NotInCall => "not_in_call",
+            Self::Timeout => "timeout",
         }
     }
 }
@@ -571,6 +929,103 @@ pub enum ServerFrame<E> {
         /// Client-safe reason.
         reason: String,
     },
+    /// Reply to `call.join`.
+    #[serde(rename = "call.joined")]
+    CallJoined {
+        /// Request id.
+        id: Option<RequestId>,
+        /// The room.
+        room: RoomId,
+        /// This connection's participant id.
+        participant: String,
+        /// Everyone in the call, this connection included.
+        participants: Vec<ParticipantInfo>,
+        /// Every published track.
+        tracks: Vec<TrackInfo>,
+        /// ICE servers for the peer connection (TURN, when configured).
+        ice_servers: Vec<IceServer>,
+    },
+    /// Reply to `call.offer`.
+    #[serde(rename = "call.answer")]
+    CallAnswer {
+        /// Request id.
+        id: Option<RequestId>,
+        /// The room.
+        room: RoomId,
+        /// The answer (SDP text).
+        sdp: String,
+    },
+    /// A server ICE candidate (also in every answer; `null`: end of candidates).
+    #[serde(rename = "call.ice")]
+    CallIce {
+        /// The room.
+        room: RoomId,
+        /// The candidate line.
+        candidate: Option<String>,
+    },
+    /// Someone joined the call.
+    #[serde(rename = "call.participant.joined")]
+    CallParticipantJoined {
+        /// The room.
+        room: RoomId,
+        /// Who.
+        participant: ParticipantInfo,
+    },
+    /// Someone left the call (their tracks are gone with them).
+    #[serde(rename = "call.participant.left")]
+    CallParticipantLeft {
+        /// The room.
+        room: RoomId,
+        /// The participant id.
+        participant: String,
+        /// `left`, `timeout`, `closed`.
+        reason: String,
+    },
+    /// A track was published.
+    #[serde(rename = "track.published")]
+    TrackPublished {
+        /// The room.
+        room: RoomId,
+        /// The track.
+        track: TrackInfo,
+    },
+    /// A track was unpublished.
+    #[serde(rename = "track.unpublished")]
+    TrackUnpublished {
+        /// The room.
+        room: RoomId,
+        /// The track id.
+        track: String,
+    },
+    /// A track was muted or unmuted by its publisher.
+    #[serde(rename = "track.muted")]
+    TrackMuted {
+        /// The room.
+        room: RoomId,
+        /// The track id.
+        track: String,
+        /// Muted or not.
+        muted: bool,
+    },
+    /// The active speaker changed (`null`: nobody speaks).
+    #[serde(rename = "call.speaker")]
+    CallSpeaker {
+        /// The room.
+        room: RoomId,
+        /// The participant id.
+        participant: Option<String>,
+    },
+    /// The server ended this connection's participation (`moved`, `timeout`, `unavailable`,
+    /// `shutting_down`); `call.join` again (with a new peer connection).
+    #[serde(rename = "call.closed")]
+    CallClosed {
+        /// The room.
+        room: RoomId,
+        /// Why.
+        code: ErrorCode,
+        /// Human-readable.
+        message: String,
+    },
     /// Success reply without data.
     #[serde(rename = "ok")]
     Ok {
@@ -676,6 +1131,14 @@ const FRAME_TYPES: &[&str] = &[
     "history",
     "doc.open",
     "doc.close",
+    "call.join",
+    "call.leave",
+    "call.offer",
+    "call.ice",
+    "track.publish",
+    "track.unpublish",
+    "track.subscribe",
+    "track.mute",
 ];
 
 /// Parses one client text frame (already checked to be UTF-8 by the WebSocket layer).

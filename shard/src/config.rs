@@ -1,5 +1,6 @@
 //! Shard configuration: limits and timers of the core.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use proto::yjs::validate::Limits;
@@ -118,6 +119,125 @@ impl CoreConfig {
             max_depth: self.max_update_depth,
             max_update_bytes: self.max_update_bytes,
         }
+    }
+}
+
+/// Calls: the media socket, limits and TURN (`--media-*`, `--call-*`, `--turn-*`; see the README).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallsConfig {
+    /// Whether this shard serves calls at all.
+    pub enabled: bool,
+    /// Where the UDP media socket binds (port 0: any free port; in-process shards of `tandem dev`
+    /// take consecutive ports from a non-zero one).
+    pub listen: SocketAddr,
+    /// The address clients reach the media socket at (its host candidate); default: the bound
+    /// address, or 127.0.0.1 when bound to 0.0.0.0.
+    pub advertise: Option<IpAddr>,
+    /// Participants per call.
+    pub max_participants: usize,
+    /// Tracks one participant may publish at once.
+    pub max_tracks: usize,
+    /// Largest SDP offer, in bytes.
+    pub max_sdp_bytes: usize,
+    /// Bitrate cap per forwarded video track, bits/s (higher simulcast layers are skipped).
+    pub max_track_bitrate: u64,
+    /// Downstream estimate per participant before the estimator has one, bits/s.
+    pub initial_bitrate: u64,
+    /// Let the estimator probe above its estimate (see `signaling::CallConfig::bwe_probe`).
+    pub bwe_probe: bool,
+    /// With more audio tracks in a call than this, only this many loudest are forwarded (0 = all).
+    pub audio_top_n: usize,
+    /// A participant whose media connection is lost this long is removed (seconds).
+    #[serde(with = "secs")]
+    pub ice_timeout: Duration,
+    /// A participant whose media never connects within this long is removed (seconds).
+    #[serde(with = "secs")]
+    pub connect_timeout: Duration,
+    /// Call requests per participant per second.
+    pub signal_rate: u32,
+    /// TURN server URLs handed to clients (`turn:host:3478`, `turns:…`).
+    pub turn_urls: Vec<String>,
+    /// The secret shared with the TURN server (coturn `static-auth-secret`): clients get
+    /// time-limited credentials (the TURN REST scheme).
+    pub turn_secret: Option<String>,
+    /// How long TURN credentials stay valid (seconds).
+    pub turn_ttl_secs: u64,
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        let c = signaling::CallConfig::default();
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise: None,
+            max_participants: c.max_participants,
+            max_tracks: c.max_tracks,
+            max_sdp_bytes: c.max_sdp_bytes,
+            max_track_bitrate: c.max_track_bitrate,
+            initial_bitrate: c.initial_bitrate,
+            bwe_probe: c.bwe_probe,
+            audio_top_n: c.audio_top_n,
+            ice_timeout: c.ice_timeout,
+            connect_timeout: c.connect_timeout,
+            signal_rate: c.signal_rate,
+            turn_urls: Vec::new(),
+            turn_secret: None,
+            turn_ttl_secs: 86_400,
+        }
+    }
+}
+
+impl CallsConfig {
+    /// The media driver's settings (`None` when calls are off), binding at `listen` shifted by
+    /// `port_offset` (the in-process shard's index) when its port is not 0.
+    pub fn settings(&self, port_offset: u16) -> Option<crate::media::MediaSettings> {
+        if !self.enabled {
+            return None;
+        }
+        let mut listen = self.listen;
+        if listen.port() != 0 {
+            listen.set_port(listen.port().saturating_add(port_offset));
+        }
+        let static_servers = if self.turn_secret.is_none() && !self.turn_urls.is_empty() {
+            vec![proto::v1::IceServer {
+                urls: self.turn_urls.clone(),
+                username: None,
+                credential: None,
+            }]
+        } else {
+            Vec::new()
+        };
+        let turn = self
+            .turn_secret
+            .as_ref()
+            .filter(|_| !self.turn_urls.is_empty())
+            .map(|secret| signaling::turn::TurnConfig {
+                urls: self.turn_urls.clone(),
+                secret: secret.clone(),
+                ttl_secs: self.turn_ttl_secs,
+            });
+        Some(crate::media::MediaSettings {
+            listen,
+            advertise: self.advertise,
+            call: signaling::CallConfig {
+                candidates: Vec::new(),
+                ice_servers: static_servers,
+                max_participants: self.max_participants,
+                max_tracks: self.max_tracks,
+                max_sdp_bytes: self.max_sdp_bytes,
+                max_track_bitrate: self.max_track_bitrate,
+                initial_bitrate: self.initial_bitrate,
+                bwe_probe: self.bwe_probe,
+                audio_top_n: self.audio_top_n,
+                ice_timeout: self.ice_timeout,
+                connect_timeout: self.connect_timeout,
+                signal_rate: self.signal_rate,
+                ..signaling::CallConfig::default()
+            },
+            turn,
+        })
     }
 }
 

@@ -24,6 +24,7 @@ use crate::handle::{
     room_error, ConnId, ConnSink, Owns, Permit, PortFuture, RoomCmd, ShardHandle, ShardPort, Stats,
     ROOM_MOVING,
 };
+use crate::media::{MediaCmd, MediaHandle, MediaSettings, Persist};
 use crate::metrics::Metrics;
 use crate::room::{RoomCore, RoomOutput};
 use crate::timer::{self, wall_ms};
@@ -76,6 +77,8 @@ enum Cmd {
     Stats {
         reply: oneshot::Sender<Stats>,
     },
+    /// A call event for a room's log, from the media driver.
+    CallEvent(Box<Persist>),
 }
 
 /// The edges' way into a driver of this process.
@@ -135,6 +138,7 @@ impl ShardPort for LocalPort {
 pub struct LocalShard {
     handle: ShardHandle,
     tx: mpsc::Sender<Cmd>,
+    media: Option<MediaHandle>,
 }
 
 impl LocalShard {
@@ -159,6 +163,16 @@ impl LocalShard {
         }
     }
 
+    /// The media socket's address as clients reach it (`None`: calls are off).
+    pub fn media_addr(&self) -> Option<std::net::SocketAddr> {
+        self.media.as_ref().map(|m| m.advertised)
+    }
+
+    /// The call core's counters (`None`: calls are off).
+    pub async fn call_stats(&self) -> Option<signaling::CallStats> {
+        self.media.as_ref()?.stats().await
+    }
+
     /// What the shard holds.
     pub async fn stats(&self) -> Option<Stats> {
         let (reply, wait) = oneshot::channel();
@@ -176,14 +190,34 @@ impl LocalShard {
     }
 }
 
-/// Starts a shard on the current tokio runtime.
+/// Starts a shard on the current tokio runtime; with `media`, its calls too (binding the UDP media
+/// socket, which is the only way this fails).
 pub fn spawn(
     id: ShardId,
     cfg: CoreConfig,
     store: Arc<dyn EventLog>,
     metrics: Metrics,
-) -> LocalShard {
+    media: Option<MediaSettings>,
+) -> std::io::Result<LocalShard> {
     let (tx, rx) = mpsc::channel(8192);
+    let media = match media {
+        Some(settings) => {
+            let back = tx.clone();
+            Some(crate::media::spawn(settings, move |p| {
+                let cmd = Cmd::CallEvent(Box::new(p));
+                match back.try_send(cmd) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(cmd)) => {
+                        let back = back.clone();
+                        tokio::spawn(async move { back.send(cmd).await });
+                        true
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                }
+            })?)
+        }
+        None => None,
+    };
     let (append_tx, append_rx) = mpsc::unbounded_channel();
     tokio::spawn(appender(
         store.clone(),
@@ -209,12 +243,14 @@ pub fn spawn(
         batch: Vec::new(),
         shutdown: None,
         owns: None,
+        media: media.clone(),
     };
     tokio::spawn(driver.run(rx));
-    LocalShard {
+    Ok(LocalShard {
         handle: ShardHandle::new(id, Arc::new(LocalPort { tx: tx.clone() })),
         tx,
-    }
+        media,
+    })
 }
 
 /// Which live object an append belongs to.
@@ -275,6 +311,8 @@ struct Driver {
     /// The latest ownership predicate (`retain`): opens and room requests for keys this shard does
     /// not own are refused, also when they were checked against an older ring before reaching here.
     owns: Option<Owns>,
+    /// The media driver (calls), when enabled.
+    media: Option<MediaHandle>,
 }
 
 impl Driver {
@@ -350,6 +388,17 @@ impl Driver {
             Cmd::RoomClose { conn } => {
                 self.rooms.handle_close(now, conn);
                 self.room_sinks.remove(&conn);
+                if let Some(m) = &self.media {
+                    m.try_send(MediaCmd::Close { conn });
+                }
+            }
+            Cmd::CallEvent(p) => {
+                let Persist {
+                    room,
+                    actor,
+                    payload,
+                } = *p;
+                self.rooms.handle_system_event(now, &room, actor, payload);
             }
             Cmd::RoomLoaded { room, result } => {
                 if let Err(e) = &result {
@@ -378,6 +427,14 @@ impl Driver {
                 }
                 for room in self.rooms.room_ids() {
                     if !owns(&StreamId::Room(room.clone())) {
+                        // The call first: its participants are told `moved`, not `left`.
+                        if let Some(m) = &self.media {
+                            m.try_send(MediaCmd::Release {
+                                room: room.clone(),
+                                code: ErrorCode::Moved,
+                                message: "the room moved to another shard: join the call again",
+                            });
+                        }
                         self.rooms.handle_release(now, &room);
                     }
                 }
@@ -392,6 +449,15 @@ impl Driver {
                 });
             }
             Cmd::Shutdown { done } => {
+                if let Some(m) = &self.media {
+                    for room in self.rooms.room_ids() {
+                        m.try_send(MediaCmd::Release {
+                            room,
+                            code: ErrorCode::ShuttingDown,
+                            message: "the server is stopping: join the call again",
+                        });
+                    }
+                }
                 self.core.handle_shutdown(now);
                 self.rooms.handle_shutdown(now);
                 self.shutdown = Some(done);
@@ -460,6 +526,38 @@ impl Driver {
             } => {
                 let limit = usize::try_from(limit).unwrap_or(usize::MAX);
                 self.history(sink, room, rid, (before, after, limit), permit)
+            }
+            RoomCall::Call { .. } if !self.owned(StreamId::Room(room.clone())) => {
+                let msg = room_error(rid.as_ref(), &room, ErrorCode::Unavailable, ROOM_MOVING);
+                sink.send_text_or_kill(msg.into());
+            }
+            RoomCall::Call { req } => {
+                let refusal = match &self.media {
+                    None => Some((
+                        ErrorCode::BadRequest,
+                        "calls are not enabled on this server",
+                    )),
+                    Some(_) if !self.rooms.is_member(&room, conn) => Some((
+                        ErrorCode::UnknownRoom,
+                        "this socket has not joined the room (join it before its call)",
+                    )),
+                    Some(m) => {
+                        let cmd = MediaCmd::Request {
+                            conn,
+                            user,
+                            access,
+                            room: room.clone(),
+                            rid: rid.clone(),
+                            req,
+                            sink: sink.clone(),
+                        };
+                        (!m.try_send(cmd))
+                            .then_some((ErrorCode::Limit, "the shard's call queue is full, retry"))
+                    }
+                };
+                if let Some((code, message)) = refusal {
+                    sink.send_text_or_kill(room_error(rid.as_ref(), &room, code, message).into());
+                }
             }
         }
     }
@@ -615,6 +713,11 @@ impl Driver {
             }
             RoomOutput::Detached { conn } => {
                 self.room_sinks.remove(&conn);
+            }
+            RoomOutput::Departed { conn, room } => {
+                if let Some(m) = &self.media {
+                    m.try_send(MediaCmd::Departed { conn, room });
+                }
             }
             RoomOutput::Unloaded { .. } => self.metrics.rooms_loaded.dec(),
         }

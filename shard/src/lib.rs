@@ -6,8 +6,10 @@
 //! * Sans-IO cores, no clock, no IO: [`core::ShardCore`] (documents) and [`room::RoomCore`] (chat,
 //!   presence, typing), sharing the load/append/snapshot lifecycle of [`lifecycle`]; the link
 //!   session [`link::session::LinkSession`] (one gateway link as the shard sees it).
-//! * Thin tokio drivers: [`driver`] (runs both cores, the store appender), [`link`] (the link
-//!   listener), [`process`] (`tandem shard`: membership, links, admin endpoint).
+//!   The third core, calls (`signaling::CallCore`), lives in the `signaling` crate.
+//! * Thin tokio drivers: [`driver`] (runs both cores, the store appender), [`media`] (the call
+//!   core and the UDP media socket, on a task of its own), [`link`] (the link listener),
+//!   [`process`] (`tandem shard`: membership, links, admin endpoint).
 //!
 //! The core contract: inputs arrive through `handle_*(now, …)`, results leave through `poll_output`
 //! and the next deadline through `poll_timeout`; the driver drains every output after every input.
@@ -27,14 +29,16 @@ pub mod error;
 pub mod handle;
 mod lifecycle;
 pub mod link;
+pub mod media;
 pub mod metrics;
 pub mod process;
 pub mod room;
 mod timer;
 
-pub use crate::config::{CoreConfig, RoomConfig};
+pub use crate::config::{CallsConfig, CoreConfig, RoomConfig};
 pub use crate::core::{Output, ShardCore};
 pub use crate::driver::LocalShard;
 pub use crate::error::ShardError;
 pub use crate::handle::{ConnId, ConnOut, ConnQueue, ConnSink, ShardHandle};
+pub use crate::media::MediaSettings;
 pub use crate::process::run;

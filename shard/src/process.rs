@@ -26,7 +26,7 @@ use store::{Backend, BackendConfig};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
-use crate::config::CoreConfig;
+use crate::config::{CallsConfig, CoreConfig};
 use crate::driver::LocalShard;
 use crate::handle::Stats;
 use crate::link::{self, ServerConfig};
@@ -64,6 +64,8 @@ pub struct ProcessConfig {
     pub store: BackendConfig,
     /// Limits and timers of documents and rooms.
     pub core: CoreConfig,
+    /// Calls: the media socket, limits, TURN.
+    pub calls: CallsConfig,
 }
 
 impl Default for ProcessConfig {
@@ -82,6 +84,7 @@ impl Default for ProcessConfig {
             ring_poll_ms: 100,
             store: BackendConfig::default(),
             core: CoreConfig::default(),
+            calls: CallsConfig::default(),
         }
     }
 }
@@ -153,7 +156,14 @@ pub async fn start(cfg: ProcessConfig) -> anyhow::Result<Started> {
     let backend = Backend::open(&cfg.store).await?;
     let registry = Registry::new();
     let metrics = Metrics::new(&registry);
-    let shard = crate::driver::spawn(id.clone(), cfg.core.clone(), backend.log(), metrics.clone());
+    let shard = crate::driver::spawn(
+        id.clone(),
+        cfg.core.clone(),
+        backend.log(),
+        metrics.clone(),
+        cfg.calls.settings(0),
+    )
+    .with_context(|| format!("binding --media-listen {}", cfg.calls.listen))?;
     let link_listener = tokio::net::TcpListener::bind(cfg.link_listen)
         .await
         .with_context(|| format!("binding --link-listen {}", cfg.link_listen))?;

@@ -104,7 +104,9 @@ impl Harness {
                         log.snapshot = Some(snapshot);
                         self.core.handle_snapshot_written(&room, Ok(()));
                     }
-                    RoomOutput::Detached { .. } | RoomOutput::Unloaded { .. } => {}
+                    RoomOutput::Detached { .. }
+                    | RoomOutput::Departed { .. }
+                    | RoomOutput::Unloaded { .. } => {}
                 }
             }
             if self.auto_commit && !self.pending.is_empty() {

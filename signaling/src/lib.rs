@@ -1,28 +1,36 @@
-//! Calls: WebRTC signaling and a selective forwarding unit around str0m (sans-IO), for call rooms of
-//! up to 20 participants with screen sharing. Empty until the video-calls issue fills it; this doc
-//! is the plan it builds to, on the seams that exist today.
+//! Calls: WebRTC signaling and a selective forwarding unit around str0m (sans-IO), for calls of up to
+//! 20 participants (50 by default) with screen sharing.
 //!
 //! Where a call lives. A room's call belongs to the room's owner shard, like its chat: one owner key
-//! (`room:{id}` on the ring) for the room's document, chat and call. The call core is a third
-//! sans-IO core next to `shard::core::ShardCore` (documents) and `shard::room::RoomCore` (rooms),
-//! driven by the same shard driver (`shard::driver`), with the same contract:
+//! (`room:{id}` on the ring) for the room's document, chat and call. [`CallCore`] is a third sans-IO
+//! core next to `shard::core::ShardCore` (documents) and `shard::room::RoomCore` (rooms), driven by
+//! the shard's media driver (`shard::media`), with the same contract:
 //!
-//! * inputs through `handle_*(now, …)`: signaling requests of members (join, leave, SDP offers and
-//!   answers, trickle ICE, publish/unpublish, subscribe with a wanted quality, mute), UDP datagrams
-//!   received by the shard's media socket, timeouts;
-//! * outputs through `poll_output()`: frames for members (through the same `shard::handle::ConnSink`
-//!   a room member already has), datagrams to send, persisted call lifecycle events;
-//! * the next deadline through `poll_timeout()`; no clock, no socket, no randomness inside (seeded).
+//! * inputs through `handle_*(now, …)`: signaling requests of room members (`call.join`,
+//!   `call.offer`, `call.ice`, `track.*`), UDP datagrams received by the shard's media socket, room
+//!   departures, timeouts;
+//! * outputs through `poll_output()`: frames for members (through the same `ConnSink` a room member
+//!   already has), datagrams to send, call lifecycle events for the room's log;
+//! * the next deadline through `poll_timeout()`; no clock, no socket, no thread inside.
 //!
-//! One str0m `Rtc` per participant, each isolated so that hostile traffic to one cannot take the
-//! others down; the forwarding unit routes RTP between them without decoding (simulcast layer per
-//! subscriber, key-frame requests, NACK/RTX, bandwidth estimate).
+//! One str0m `Rtc` per participant (ICE-lite, host candidates of the media socket), each isolated:
+//! an error in one participant's media drops that participant, never the others. The forwarding unit
+//! routes media between them without decoding: per subscriber the simulcast layer it asked for and
+//! that its bandwidth estimate allows, switched on key frames (with the RTP timeline kept), key
+//! frames asked of the publisher when a subscriber starts or switches, NACK/RTX by str0m on both
+//! legs, nothing forwarded for a track a subscriber set to `off`, and with many speakers only the
+//! N loudest audio tracks.
 //!
-//! Signaling path. Call frames are new `t` values of the native protocol (`proto::v1`, where every
-//! frame is a typed variant checked against docs/protocol.md); the gateway's `/v1` session
-//! (`gateway::v1::session`) checks grants and per-socket limits and routes them to the room's owner
-//! like any room request (`shard::handle::RoomCmd`), locally or over the gateway ↔ shard link
-//! (`proto::link::RoomCall`). Media never passes a gateway: it flows over UDP between the browser and
-//! the owning shard (`--media-advertise`).
+//! Negotiation: the client always offers (`call.offer`, one full description each time, naming
+//! which sending m-lines publish which kind of track and which receiving m-lines carry which remote
+//! track); the server answers. There is no glare: the server never offers.
 
 #![forbid(unsafe_code)]
+
+mod config;
+mod core;
+pub mod sdp;
+pub mod turn;
+
+pub use config::CallConfig;
+pub use core::{CallCore, CallOutput, CallStats};

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use proto::ShardId;
 
-use crate::config::{load, validate_core, validate_edge, CoreOpts, DevConfig, EdgeOpts, StoreOpts};
+use crate::config::{
+    load, validate_core, validate_edge, CallOpts, CoreOpts, DevConfig, EdgeOpts, StoreOpts,
+};
 use crate::dev::shutdown_signal;
 
 /// Settings every cluster process shares.
@@ -63,6 +65,8 @@ pub struct ShardOpts {
     pub store: StoreOpts,
     #[command(flatten)]
     pub core: CoreOpts,
+    #[command(flatten)]
+    pub calls: CallOpts,
     /// Edge settings are the gateways' business; a shard accepts them (one set of flags or
     /// environment can serve every role) and ignores them.
     #[command(
@@ -130,6 +134,7 @@ impl ShardOpts {
         }
         self.store.apply(&mut c.store);
         self.core.apply(&mut c.core)?;
+        self.calls.apply(&mut c.calls)?;
         validate_core(&c.core)?;
         c.validate()?;
         Ok(c)
@@ -169,6 +174,12 @@ pub struct GatewayOpts {
         next_help_heading = "Document and room settings (accepted and ignored by a gateway)"
     )]
     pub ignored_core: CoreOpts,
+    /// Call settings are the shards' business too.
+    #[command(
+        flatten,
+        next_help_heading = "Call settings (accepted and ignored by a gateway)"
+    )]
+    pub ignored_calls: CallOpts,
     /// Ignored by a gateway (the record is the shards' business).
     #[arg(long, env = "TANDEM_DATABASE_URL", hide = true, hide_env_values = true)]
     pub database_url: Option<String>,

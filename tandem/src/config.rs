@@ -3,11 +3,11 @@
 //!
 //! Options come in groups so that each role takes exactly the settings that apply to it:
 //! [`StoreOpts`] (the record and the bus), [`EdgeOpts`] (the WebSocket edge: limits, JWT, origins),
-//! [`CoreOpts`] (documents and rooms on their owner). `tandem dev` takes all three; `tandem shard`
-//! the store and core ones ([`crate::cluster::ShardOpts`]); `tandem gateway` the edge ones
-//! ([`crate::cluster::GatewayOpts`]).
+//! [`CoreOpts`] (documents and rooms on their owner), [`CallOpts`] (calls: the media socket, limits,
+//! TURN). `tandem dev` takes all four; `tandem shard` the store, core and call ones
+//! ([`crate::cluster::ShardOpts`]); `tandem gateway` the edge ones ([`crate::cluster::GatewayOpts`]).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use clap::Args;
 use gateway::GatewayConfig;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use shard::CoreConfig;
+use shard::{CallsConfig, CoreConfig};
 use store::BackendConfig;
 
 /// Everything `tandem dev` runs with (also the shape of the `--config` TOML file).
@@ -37,6 +37,8 @@ pub struct DevConfig {
     pub gateway: GatewayConfig,
     /// Shard settings.
     pub shard: CoreConfig,
+    /// Calls.
+    pub calls: CallsConfig,
 }
 
 impl Default for DevConfig {
@@ -49,6 +51,7 @@ impl Default for DevConfig {
             redis_url: None,
             gateway: GatewayConfig::default(),
             shard: CoreConfig::default(),
+            calls: CallsConfig::default(),
         }
     }
 }
@@ -331,6 +334,128 @@ pub fn validate_core(c: &CoreConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Calls on the room's owner: the UDP media socket, limits, TURN.
+#[derive(Debug, Args)]
+pub struct CallOpts {
+    /// Serve no calls (call requests get `bad_request`).
+    #[arg(long, env = "TANDEM_NO_CALLS")]
+    pub no_calls: bool,
+    /// Where the UDP media socket binds; port 0 picks a free one, in-process shards of `tandem dev`
+    /// take consecutive ports from a non-zero one [default: 127.0.0.1:0].
+    #[arg(long, env = "TANDEM_MEDIA_LISTEN")]
+    pub media_listen: Option<SocketAddr>,
+    /// The IP address clients reach the media socket at (put in answers as the host candidate); a
+    /// shard's public address in a cluster [default: the bound address, 127.0.0.1 for 0.0.0.0].
+    #[arg(long, env = "TANDEM_MEDIA_ADVERTISE")]
+    pub media_advertise: Option<IpAddr>,
+    /// Participants per call [default: 50].
+    #[arg(long, env = "TANDEM_MAX_CALL_PARTICIPANTS")]
+    pub max_call_participants: Option<usize>,
+    /// Tracks one participant may publish at once [default: 4].
+    #[arg(long, env = "TANDEM_MAX_CALL_TRACKS")]
+    pub max_call_tracks: Option<usize>,
+    /// Largest SDP offer in bytes [default: 524288].
+    #[arg(long, env = "TANDEM_MAX_SDP_BYTES")]
+    pub max_sdp_bytes: Option<usize>,
+    /// Cap per forwarded video track in bits/s; higher simulcast layers are not forwarded
+    /// [default: 4000000].
+    #[arg(long, env = "TANDEM_MAX_TRACK_BITRATE")]
+    pub max_track_bitrate: Option<u64>,
+    /// Downstream estimate per participant before the estimator has one, bits/s [default: 1500000].
+    #[arg(long, env = "TANDEM_CALL_INITIAL_BITRATE")]
+    pub call_initial_bitrate: Option<u64>,
+    /// With more audio tracks in a call than this, forward only this many loudest (0 = all)
+    /// [default: 0].
+    #[arg(long, env = "TANDEM_CALL_AUDIO_TOP_N")]
+    pub call_audio_top_n: Option<usize>,
+    /// Seconds a participant's media may stay disconnected before it is removed [default: 10].
+    #[arg(long, env = "TANDEM_CALL_ICE_TIMEOUT_SECS")]
+    pub call_ice_timeout_secs: Option<f64>,
+    /// Call requests per participant per second [default: 50].
+    #[arg(long, env = "TANDEM_CALL_SIGNAL_RATE")]
+    pub call_signal_rate: Option<u32>,
+    /// A TURN server URL handed to clients (repeat for several): `turn:host:3478?transport=udp`.
+    #[arg(long = "turn-url", env = "TANDEM_TURN_URLS", value_delimiter = ',')]
+    pub turn_urls: Vec<String>,
+    /// The secret shared with the TURN server (coturn `static-auth-secret`): clients get
+    /// credentials valid for --turn-ttl-secs (the TURN REST scheme).
+    #[arg(long, env = "TANDEM_TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<String>,
+    /// Lifetime of TURN credentials in seconds [default: 86400].
+    #[arg(long, env = "TANDEM_TURN_TTL_SECS")]
+    pub turn_ttl_secs: Option<u64>,
+}
+
+impl CallOpts {
+    /// Applies the flags given to `c`.
+    pub fn apply(self, c: &mut CallsConfig) -> anyhow::Result<()> {
+        if self.no_calls {
+            c.enabled = false;
+        }
+        if let Some(v) = self.media_listen {
+            c.listen = v;
+        }
+        if let Some(v) = self.media_advertise {
+            c.advertise = Some(v);
+        }
+        if let Some(v) = self.max_call_participants {
+            c.max_participants = v;
+        }
+        if let Some(v) = self.max_call_tracks {
+            c.max_tracks = v;
+        }
+        if let Some(v) = self.max_sdp_bytes {
+            c.max_sdp_bytes = v;
+        }
+        if let Some(v) = self.max_track_bitrate {
+            c.max_track_bitrate = v;
+        }
+        if let Some(v) = self.call_initial_bitrate {
+            c.initial_bitrate = v;
+        }
+        if let Some(v) = self.call_audio_top_n {
+            c.audio_top_n = v;
+        }
+        if let Some(v) = self.call_ice_timeout_secs {
+            c.ice_timeout = Duration::try_from_secs_f64(v).context("--call-ice-timeout-secs")?;
+        }
+        if let Some(v) = self.call_signal_rate {
+            c.signal_rate = v;
+        }
+        if !self.turn_urls.is_empty() {
+            c.turn_urls = self.turn_urls;
+        }
+        if let Some(v) = self.turn_secret {
+            c.turn_secret = Some(v);
+        }
+        if let Some(v) = self.turn_ttl_secs {
+            c.turn_ttl_secs = v;
+        }
+        validate_calls(c)
+    }
+}
+
+/// Checks the call settings.
+pub fn validate_calls(c: &CallsConfig) -> anyhow::Result<()> {
+    if c.max_participants == 0 {
+        bail!("--max-call-participants must be at least 1");
+    }
+    if c.max_tracks == 0 {
+        bail!("--max-call-tracks must be at least 1");
+    }
+    if c.signal_rate == 0 {
+        bail!("--call-signal-rate must be at least 1");
+    }
+    if let Some(u) = c
+        .turn_urls
+        .iter()
+        .find(|u| !(u.starts_with("turn:") || u.starts_with("turns:") || u.starts_with("stun:")))
+    {
+        bail!("--turn-url {u}: must start with turn:, turns: or stun:");
+    }
+    Ok(())
+}
+
 /// `tandem dev` options; each overrides the config file.
 #[derive(Debug, Args)]
 pub struct DevOpts {
@@ -349,6 +474,8 @@ pub struct DevOpts {
     pub edge: EdgeOpts,
     #[command(flatten)]
     pub core: CoreOpts,
+    #[command(flatten)]
+    pub calls: CallOpts,
 }
 
 impl DevOpts {
@@ -362,6 +489,7 @@ impl DevOpts {
         c.redis_url = store.redis_url;
         self.edge.apply(&mut c.gateway, &mut c.listen)?;
         self.core.apply(&mut c.shard)?;
+        self.calls.apply(&mut c.calls)?;
         if let Some(v) = self.shards {
             c.shards = v;
         }

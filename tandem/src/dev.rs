@@ -15,12 +15,14 @@ pub async fn run(cfg: DevConfig) -> anyhow::Result<()> {
     let store = Backend::open(&cfg.store()).await?;
     let registry = Registry::new();
     let metrics = shard::metrics::Metrics::new(&registry);
-    let shards: Vec<_> = (0..cfg.shards)
+    let shards = (0..cfg.shards)
         .map(|i| {
             let id = ShardId::parse(&format!("dev-{i}")).expect("dev shard ids are valid");
-            shard::driver::spawn(id, cfg.shard.clone(), store.log(), metrics.clone())
+            let media = cfg.calls.settings(i as u16);
+            shard::driver::spawn(id, cfg.shard.clone(), store.log(), metrics.clone(), media)
+                .with_context(|| format!("binding --media-listen {} (shard {i})", cfg.calls.listen))
         })
-        .collect();
+        .collect::<anyhow::Result<Vec<_>>>()?;
     if cfg.gateway.auth.allow_anonymous {
         tracing::warn!(
             "ANONYMOUS ACCESS: no JWT key is configured, so anyone who can reach this port can read and \
@@ -38,7 +40,12 @@ pub async fn run(cfg: DevConfig) -> anyhow::Result<()> {
     println!(
         "tandem: listening on http://{addr} (documents at ws://{addr}/doc/{{docId}}, native protocol at ws://{addr}/v1)"
     );
-    tracing::info!(%addr, shards = cfg.shards, data = %cfg.data.display(), "tandem dev ready");
+    let media: Vec<String> = shards
+        .iter()
+        .filter_map(|s| s.media_addr())
+        .map(|a| a.to_string())
+        .collect();
+    tracing::info!(%addr, shards = cfg.shards, data = %cfg.data.display(), media = %media.join(","), "tandem dev ready");
     gateway::serve(listener, gw.clone(), shutdown_signal()).await?;
     tracing::info!("shutting down: closing connections and committing");
     for s in &shards {

@@ -13,8 +13,8 @@ use std::collections::{HashMap, VecDeque};
 
 use proto::link::RoomCall;
 use proto::v1::{
-    self, About, ClientFrame, ErrorCode, Frame, FrameError, HistoryQuery, Request, RequestId,
-    RoomRequest,
+    self, About, CallRequest, ClientFrame, ErrorCode, Frame, FrameError, HistoryQuery, Request,
+    RequestId, RoomRequest,
 };
 use proto::{Access, DocId, RoomId, ShardId, StreamId};
 use shard::handle::{ConnId, Permit, ShardHandle, Slots};
@@ -324,6 +324,7 @@ impl<H: Owner> Session<H> {
             Request::DocClose { doc } => self.doc_close(id, doc),
             Request::History { room, query } => self.history(id, room, query),
             Request::Room { room, req } => self.room(id, room, req),
+            Request::Call { room, req } => self.call(id, room, req),
         }
     }
 
@@ -461,6 +462,27 @@ impl<H: Owner> Session<H> {
         self.out.push_back(Action::Route { key });
     }
 
+    /// A call request: to the shard the socket joined the room on (the call lives with the room).
+    fn call(&mut self, id: Option<RequestId>, room: RoomId, req: CallRequest) {
+        let Some(access) = self.identity.room_access(&room) else {
+            return self.deny(
+                id,
+                ErrorCode::Forbidden,
+                "no grant for this room",
+                room_about(&room),
+            );
+        };
+        let Some(shard) = self.rooms.get(&room).cloned() else {
+            return self.deny(
+                id,
+                ErrorCode::UnknownRoom,
+                "this socket has not joined the room (join it before its call)",
+                room_about(&room),
+            );
+        };
+        self.send_room_call(shard, room, id, access, RoomCall::Call { req });
+    }
+
     fn send_room(
         &mut self,
         shard: H,
@@ -468,6 +490,17 @@ impl<H: Owner> Session<H> {
         rid: Option<RequestId>,
         access: Access,
         req: RoomRequest,
+    ) {
+        self.send_room_call(shard, room, rid, access, RoomCall::Request { req });
+    }
+
+    fn send_room_call(
+        &mut self,
+        shard: H,
+        room: RoomId,
+        rid: Option<RequestId>,
+        access: Access,
+        call: RoomCall,
     ) {
         let failed = Failed::Room {
             room: room.clone(),
@@ -478,7 +511,7 @@ impl<H: Owner> Session<H> {
             room,
             rid,
             access,
-            call: RoomCall::Request { req },
+            call,
             permit: None,
             failed,
         });

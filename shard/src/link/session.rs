@@ -356,7 +356,7 @@ impl LinkSession {
             Some(true) => {}
         }
         let permit = match &r.call {
-            RoomCall::Request { .. } => None,
+            RoomCall::Request { .. } | RoomCall::Call { .. } => None,
             // Never wait here: the link serves every session of its gateway.
             RoomCall::History { .. } => match self.history.try_take() {
                 Some(p) => Some(p),

@@ -132,6 +132,14 @@ pub enum RoomOutput {
         /// The connection.
         conn: ConnId,
     },
+    /// The connection is no longer a member of `room` (it left, its join was refused, or the room
+    /// closed on it): whatever else it had in the room (its call) ends too.
+    Departed {
+        /// The connection.
+        conn: ConnId,
+        /// The room.
+        room: RoomId,
+    },
     /// A room left memory.
     Unloaded {
         /// The room.
@@ -252,6 +260,30 @@ impl RoomCore {
             .get(room)
             .filter(|r| r.life.is_ready())
             .map(|r| r.life.applied)
+    }
+
+    /// Whether `conn` is a member of `room` (joined, and the room is ready).
+    pub fn is_member(&self, room: &RoomId, conn: ConnId) -> bool {
+        self.rooms
+            .get(room)
+            .is_some_and(|r| r.life.is_ready() && r.roster.is_member(conn))
+    }
+
+    /// An event another core of this shard records in the room's log (a call's lifecycle, a screen
+    /// share), by `actor`. Appended in the room's order and broadcast to its members like any other;
+    /// dropped (with a log line) when the room is not loaded and ready here.
+    pub fn handle_system_event(
+        &mut self,
+        _now: Instant,
+        room: &RoomId,
+        actor: UserId,
+        payload: EventPayload,
+    ) {
+        if !self.rooms.get(room).is_some_and(|r| r.life.is_ready()) {
+            tracing::debug!(%room, event = payload.event_type().name(), "room not ready here: event dropped");
+            return;
+        }
+        self.append(room, actor, payload, None);
     }
 
     /// Members of `room` (connections), if it is loaded.
@@ -717,7 +749,12 @@ impl RoomCore {
 
     fn detach(&mut self, conn: ConnId, room: &RoomId) {
         if let Some(set) = self.conns.get_mut(&conn) {
-            set.remove(room);
+            if set.remove(room) {
+                self.out.push_back(RoomOutput::Departed {
+                    conn,
+                    room: room.clone(),
+                });
+            }
             if set.is_empty() {
                 self.conns.remove(&conn);
                 self.out.push_back(RoomOutput::Detached { conn });

@@ -1,0 +1,1444 @@
+//! The call core: every call of one shard, sans-IO.
+//!
+//! Inputs: `handle_request` (signaling from room members), `handle_datagram` (UDP from the shard's
+//! media socket), `handle_departed` / `handle_close` / `handle_release` (room membership ends),
+//! `handle_timeout`. Outputs: [`CallOutput`] through `poll_output`; the next deadline through
+//! `poll_timeout`. No clock, socket or thread inside.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proto::event::{CallParticipantV1, CallV1, ScreenShareV1};
+use proto::v1::{
+    CallRequest, ErrorCode, IceServer, ParticipantInfo, Publish, Quality, RequestId, ServerFrame,
+    Subscribe, TrackInfo, TrackKind,
+};
+use proto::{Access, EventPayload, RoomId, UserId};
+use str0m::bwe::{Bitrate, BweKind};
+use str0m::change::SdpOffer;
+use str0m::media::{KeyframeRequestKind, MediaData, MediaTime, Mid, Rid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+
+use crate::config::CallConfig;
+use crate::sdp::{self, Section};
+
+/// Call frames carry no room events.
+type Frame = ServerFrame<()>;
+
+/// What the call core asks its driver to do.
+#[derive(Debug)]
+pub enum CallOutput<C> {
+    /// Send one text frame to a room member's connection.
+    Send {
+        /// The connection.
+        conn: C,
+        /// The frame.
+        msg: Arc<[u8]>,
+    },
+    /// Send one UDP datagram from the media socket.
+    Transmit {
+        /// The local address it leaves from.
+        source: SocketAddr,
+        /// Where to.
+        destination: SocketAddr,
+        /// The datagram.
+        data: Vec<u8>,
+    },
+    /// Append an event to the room's log (call lifecycle, screen share).
+    Persist {
+        /// The room.
+        room: RoomId,
+        /// Who caused it.
+        actor: UserId,
+        /// What happened.
+        payload: EventPayload,
+    },
+}
+
+/// Counters for metrics and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallStats {
+    /// Calls in progress.
+    pub calls: usize,
+    /// Participants in all calls.
+    pub participants: usize,
+    /// Published tracks.
+    pub tracks: usize,
+    /// Datagrams received.
+    pub datagrams_in: u64,
+    /// Datagrams dropped (garbage, oversized, from nobody's address).
+    pub datagrams_dropped: u64,
+    /// Media frames written to subscribers.
+    pub frames_forwarded: u64,
+    /// Payload bytes written to subscribers.
+    pub bytes_forwarded: u64,
+    /// Key frames asked of publishers.
+    pub keyframe_requests: u64,
+}
+
+/// A refusal: the wire code and a message.
+type Refusal = (ErrorCode, String);
+
+fn refuse(code: ErrorCode, msg: impl Into<String>) -> Refusal {
+    (code, msg.into())
+}
+
+/// Ingress rate of one layer, over one-second windows.
+#[derive(Debug, Clone)]
+struct Meter {
+    since: Instant,
+    bytes: u64,
+    /// Bits per second in the last full window (0 before the first).
+    rate: u64,
+}
+
+impl Meter {
+    fn new(now: Instant) -> Self {
+        Self {
+            since: now,
+            bytes: 0,
+            rate: 0,
+        }
+    }
+
+    fn add(&mut self, now: Instant, bytes: usize) {
+        let elapsed = now.saturating_duration_since(self.since);
+        if elapsed >= Duration::from_secs(1) {
+            self.rate = (self.bytes as f64 * 8.0 / elapsed.as_secs_f64()) as u64;
+            self.bytes = 0;
+            self.since = now;
+        }
+        self.bytes += bytes as u64;
+    }
+}
+
+/// A track a participant publishes.
+#[derive(Debug)]
+struct Published {
+    id: String,
+    mid: Mid,
+    kind: TrackKind,
+    muted: bool,
+    /// Simulcast rids as the publisher listed them (empty: no simulcast).
+    layers: Vec<Rid>,
+    meters: HashMap<Option<Rid>, Meter>,
+    /// Smoothed audio level in -dBov (0 loudest, 127 silence).
+    level: f32,
+    last_keyframe_request: HashMap<Option<Rid>, Instant>,
+}
+
+impl Published {
+    /// Layers from lowest to highest bitrate: as the publisher listed them, unless their measured
+    /// rates show the list runs the other way (the first layer half again above the last).
+    fn layers_by_rate(&self) -> Vec<Rid> {
+        let mut l = self.layers.clone();
+        if let (Some(first), Some(last)) = (l.first(), l.last()) {
+            let (a, b) = (self.rate(Some(*first)), self.rate(Some(*last)));
+            if b > 0 && a > b + b / 2 {
+                l.reverse();
+            }
+        }
+        l
+    }
+
+    fn rate(&self, rid: Option<Rid>) -> u64 {
+        self.meters.get(&rid).map_or(0, |m| m.rate)
+    }
+}
+
+/// One m-line of a subscriber carrying another participant's track.
+#[derive(Debug)]
+struct Sub {
+    mid: Mid,
+    track: String,
+    source: u64,
+    source_mid: Mid,
+    video: bool,
+    quality: Quality,
+    /// The layer to forward (chosen from `quality` and the bandwidth estimate).
+    target: Option<Rid>,
+    /// The layer being forwarded; switches to `target` on its next key frame.
+    current: Option<Rid>,
+    /// A key frame has been forwarded (video starts on one).
+    started: bool,
+    /// Added to the source's RTP time (ticks) so that a layer switch keeps the timeline.
+    offset: i64,
+    last_out: Option<(u64, Instant)>,
+}
+
+struct Participant<C> {
+    name: String,
+    conn: C,
+    user: UserId,
+    room: RoomId,
+    access: Access,
+    rtc: Rtc,
+    next: Instant,
+    declared: HashMap<String, TrackKind>,
+    published: Vec<Published>,
+    subs: Vec<Sub>,
+    connected: bool,
+    joined_at: Instant,
+    lost_at: Option<Instant>,
+    /// Downstream estimate, bits/s.
+    estimate: u64,
+    tokens: f64,
+    refilled: Instant,
+}
+
+struct Call {
+    id: String,
+    parts: BTreeSet<u64>,
+    speaker: Option<u64>,
+    /// With more audio tracks than `audio_top_n`: the loudest ones (track ids).
+    loudest: Option<BTreeSet<String>>,
+}
+
+/// How often levels, speakers and layer choices are re-evaluated.
+const TICK: Duration = Duration::from_millis(200);
+/// Key frames are asked of one layer at most this often.
+const KEYFRAME_THROTTLE: Duration = Duration::from_millis(300);
+/// Below this level (-dBov) nobody counts as speaking.
+const SPEAKING: f32 = 60.0;
+
+/// Every call of one shard.
+pub struct CallCore<C> {
+    cfg: CallConfig,
+    seed: u64,
+    next_id: u64,
+    calls: HashMap<RoomId, Call>,
+    parts: BTreeMap<u64, Participant<C>>,
+    by_conn: HashMap<(C, RoomId), u64>,
+    by_addr: HashMap<SocketAddr, u64>,
+    out: VecDeque<CallOutput<C>>,
+    dirty: BTreeSet<u64>,
+    tick_at: Option<Instant>,
+    stats: CallStats,
+    /// ICE servers added to the configured ones in the next `call.joined` (per-user TURN
+    /// credentials, set by the driver, which owns the wall clock).
+    extra_ice: Vec<IceServer>,
+}
+
+impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
+    /// A core with no calls; `seed` makes call ids unique across restarts (the driver draws it).
+    pub fn new(cfg: CallConfig, seed: u64) -> Self {
+        Self {
+            cfg,
+            seed,
+            next_id: 1,
+            calls: HashMap::new(),
+            parts: BTreeMap::new(),
+            by_conn: HashMap::new(),
+            by_addr: HashMap::new(),
+            out: VecDeque::new(),
+            dirty: BTreeSet::new(),
+            tick_at: None,
+            stats: CallStats::default(),
+            extra_ice: Vec::new(),
+        }
+    }
+
+    /// ICE servers to hand out, besides the configured ones, in the next `call.joined` replies
+    /// (time-limited TURN credentials for the joining user).
+    pub fn set_ice_servers(&mut self, servers: Vec<IceServer>) {
+        self.extra_ice = servers;
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &CallConfig {
+        &self.cfg
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> CallStats {
+        CallStats {
+            calls: self.calls.len(),
+            participants: self.parts.len(),
+            tracks: self.parts.values().map(|p| p.published.len()).sum(),
+            ..self.stats.clone()
+        }
+    }
+
+    /// The rooms with a call in progress.
+    pub fn rooms(&self) -> Vec<RoomId> {
+        self.calls.keys().cloned().collect()
+    }
+
+    /// The next output, if any. Drain until `None` after every input.
+    pub fn poll_output(&mut self) -> Option<CallOutput<C>> {
+        self.out.pop_front()
+    }
+
+    /// The earliest instant at which `handle_timeout` has work to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t = self.tick_at;
+        for p in self.parts.values() {
+            let lost = p.lost_at.map(|l| l + self.cfg.ice_timeout);
+            let never = (!p.connected && p.lost_at.is_none())
+                .then_some(p.joined_at + self.cfg.connect_timeout);
+            for d in [Some(p.next), lost, never].into_iter().flatten() {
+                t = Some(t.map_or(d, |t| t.min(d)));
+            }
+        }
+        t
+    }
+
+    fn send(&mut self, conn: C, frame: &Frame) {
+        let msg: Arc<[u8]> = frame.to_bytes().into();
+        self.out.push_back(CallOutput::Send { conn, msg });
+    }
+
+    /// Sends `frame` to every participant of the room's call but `except`.
+    fn broadcast(&mut self, room: &RoomId, frame: &Frame, except: Option<u64>) {
+        let Some(call) = self.calls.get(room) else {
+            return;
+        };
+        let msg: Arc<[u8]> = frame.to_bytes().into();
+        for pid in &call.parts {
+            if Some(*pid) == except {
+                continue;
+            }
+            if let Some(p) = self.parts.get(pid) {
+                self.out.push_back(CallOutput::Send {
+                    conn: p.conn,
+                    msg: msg.clone(),
+                });
+            }
+        }
+    }
+
+    fn persist(&mut self, room: &RoomId, actor: &UserId, payload: EventPayload) {
+        self.out.push_back(CallOutput::Persist {
+            room: room.clone(),
+            actor: actor.clone(),
+            payload,
+        });
+    }
+
+    fn reply_error(&mut self, conn: C, room: &RoomId, rid: Option<RequestId>, e: Refusal) {
+        let frame = Frame::Error {
+            id: rid,
+            code: e.0,
+            message: e.1,
+            room: Some(room.to_string()),
+            doc: None,
+        };
+        self.send(conn, &frame);
+    }
+
+    fn ok(&mut self, conn: C, rid: Option<RequestId>) {
+        if rid.is_some() {
+            self.send(conn, &Frame::Ok { id: rid });
+        }
+    }
+
+    /// A call request from room member `conn` (the driver checked membership and routing).
+    #[allow(clippy::too_many_arguments)]
+    pub fn handle_request(
+        &mut self,
+        now: Instant,
+        conn: C,
+        user: UserId,
+        access: Access,
+        room: RoomId,
+        rid: Option<RequestId>,
+        req: CallRequest,
+    ) {
+        let result = match req {
+            CallRequest::Join => self.join(now, conn, user, access, &room, rid.clone()),
+            req => match self.by_conn.get(&(conn, room.clone())).copied() {
+                None => Err(refuse(
+                    ErrorCode::NotInCall,
+                    "this connection is not in the room's call (call.join first)",
+                )),
+                Some(pid) => self
+                    .check_rate(now, pid)
+                    .and_then(|()| self.request(now, pid, rid.clone(), req)),
+            },
+        };
+        if let Err(e) = result {
+            self.reply_error(conn, &room, rid, e);
+        }
+        self.flush(now);
+    }
+
+    fn check_rate(&mut self, now: Instant, pid: u64) -> Result<(), Refusal> {
+        let rate = f64::from(self.cfg.signal_rate.max(1));
+        let Some(p) = self.parts.get_mut(&pid) else {
+            return Ok(());
+        };
+        let elapsed = now.saturating_duration_since(p.refilled).as_secs_f64();
+        p.tokens = (p.tokens + elapsed * rate).min(rate);
+        p.refilled = now;
+        if p.tokens < 1.0 {
+            return Err(refuse(ErrorCode::Limit, "call requests per second"));
+        }
+        p.tokens -= 1.0;
+        Ok(())
+    }
+
+    fn request(
+        &mut self,
+        now: Instant,
+        pid: u64,
+        rid: Option<RequestId>,
+        req: CallRequest,
+    ) -> Result<(), Refusal> {
+        let (conn, room) = {
+            let p = &self.parts[&pid];
+            (p.conn, p.room.clone())
+        };
+        match req {
+            CallRequest::Join => unreachable_join(),
+            CallRequest::Leave => {
+                self.ok(conn, rid);
+                self.remove(now, pid, "left", None);
+                Ok(())
+            }
+            CallRequest::Offer {
+                sdp,
+                publish,
+                subscribe,
+            } => self.offer(now, pid, rid, &sdp, publish, subscribe),
+            CallRequest::Ice { candidate } => {
+                if let Some(c) = candidate {
+                    let line = c.strip_prefix("a=").unwrap_or(&c);
+                    let cand = Candidate::from_sdp_string(line).map_err(|e| {
+                        refuse(ErrorCode::BadRequest, format!("ICE candidate: {e}"))
+                    })?;
+                    if let Some(p) = self.parts.get_mut(&pid) {
+                        p.rtc.add_remote_candidate(cand);
+                        self.dirty.insert(pid);
+                    }
+                }
+                self.ok(conn, rid);
+                Ok(())
+            }
+            CallRequest::Publish { publish } => {
+                let p = self.parts.get_mut(&pid).ok_or_else(gone)?;
+                if p.access < Access::Write {
+                    return Err(forbidden_publish());
+                }
+                if publish.mid.is_empty() || publish.mid.len() > 32 {
+                    return Err(refuse(ErrorCode::BadRequest, "mid must be 1 to 32 bytes"));
+                }
+                if p.declared.len() >= self.cfg.max_tracks * 4 {
+                    return Err(refuse(ErrorCode::Limit, "declared m-lines"));
+                }
+                p.declared.insert(publish.mid, publish.kind);
+                self.ok(conn, rid);
+                Ok(())
+            }
+            CallRequest::Unpublish { track } => {
+                let p = self.parts.get_mut(&pid).ok_or_else(gone)?;
+                let Some(i) = p.published.iter().position(|t| t.id == track) else {
+                    return Err(refuse(ErrorCode::NotFound, "no such track of yours"));
+                };
+                let t = p.published.remove(i);
+                p.declared.remove(&*t.mid);
+                self.unpublished(pid, t);
+                self.ok(conn, rid);
+                Ok(())
+            }
+            CallRequest::Subscribe { track, quality } => {
+                let p = self.parts.get_mut(&pid).ok_or_else(gone)?;
+                let Some(s) = p.subs.iter_mut().find(|s| s.track == track) else {
+                    return Err(refuse(
+                        ErrorCode::NotFound,
+                        "not subscribed to this track (subscribe in call.offer)",
+                    ));
+                };
+                s.quality = quality;
+                self.allocate(now, pid);
+                self.ok(conn, rid);
+                Ok(())
+            }
+            CallRequest::Mute { track, muted } => {
+                let p = self.parts.get_mut(&pid).ok_or_else(gone)?;
+                let Some(t) = p.published.iter_mut().find(|t| t.id == track) else {
+                    return Err(refuse(ErrorCode::NotFound, "no such track of yours"));
+                };
+                if t.muted != muted {
+                    t.muted = muted;
+                    let frame = Frame::TrackMuted {
+                        room: room.clone(),
+                        track,
+                        muted,
+                    };
+                    self.broadcast(&room, &frame, None);
+                }
+                self.ok(conn, rid);
+                Ok(())
+            }
+        }
+    }
+
+    fn join(
+        &mut self,
+        now: Instant,
+        conn: C,
+        user: UserId,
+        access: Access,
+        room: &RoomId,
+        rid: Option<RequestId>,
+    ) -> Result<(), Refusal> {
+        if self.by_conn.contains_key(&(conn, room.clone())) {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "this connection is already in the call (call.leave first)",
+            ));
+        }
+        let size = self.calls.get(room).map_or(0, |c| c.parts.len());
+        if size >= self.cfg.max_participants {
+            return Err(refuse(ErrorCode::Limit, "participants in this call"));
+        }
+        let mut rtc = Rtc::builder()
+            .set_ice_lite(true)
+            .enable_bwe(Some(Bitrate::bps(self.cfg.initial_bitrate)))
+            .build(now);
+        for addr in &self.cfg.candidates {
+            if let Ok(c) = Candidate::host(*addr, "udp") {
+                rtc.add_local_candidate(c);
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let name = format!("p{id}");
+        if !self.calls.contains_key(room) {
+            let call_id = format!("{:x}-{id}", self.seed);
+            self.calls.insert(
+                room.clone(),
+                Call {
+                    id: call_id.clone(),
+                    parts: BTreeSet::new(),
+                    speaker: None,
+                    loudest: None,
+                },
+            );
+            let payload = EventPayload::CallStarted(CallV1 {
+                call: call_id,
+                user: user.clone(),
+            });
+            self.persist(room, &user, payload);
+        }
+        let call = self.calls.get_mut(room).ok_or_else(gone)?;
+        call.parts.insert(id);
+        let call_id = call.id.clone();
+        let rate = f64::from(self.cfg.signal_rate.max(1));
+        self.parts.insert(
+            id,
+            Participant {
+                name: name.clone(),
+                conn,
+                user: user.clone(),
+                room: room.clone(),
+                access,
+                rtc,
+                next: now,
+                declared: HashMap::new(),
+                published: Vec::new(),
+                subs: Vec::new(),
+                connected: false,
+                joined_at: now,
+                lost_at: None,
+                estimate: self.cfg.initial_bitrate,
+                tokens: rate,
+                refilled: now,
+            },
+        );
+        self.by_conn.insert((conn, room.clone()), id);
+        self.persist(
+            room,
+            &user,
+            EventPayload::CallParticipantJoined(CallParticipantV1 {
+                call: call_id,
+                user: user.clone(),
+                participant: name.clone(),
+                reason: None,
+            }),
+        );
+        let (participants, tracks) = self.roster(room);
+        let reply = Frame::CallJoined {
+            id: rid,
+            room: room.clone(),
+            participant: name.clone(),
+            participants,
+            tracks,
+            ice_servers: self
+                .cfg
+                .ice_servers
+                .iter()
+                .chain(&self.extra_ice)
+                .cloned()
+                .collect(),
+        };
+        self.send(conn, &reply);
+        let joined = Frame::CallParticipantJoined {
+            room: room.clone(),
+            participant: ParticipantInfo { id: name, user },
+        };
+        self.broadcast(room, &joined, Some(id));
+        if self.tick_at.is_none() {
+            self.tick_at = Some(now + TICK);
+        }
+        self.dirty.insert(id);
+        Ok(())
+    }
+
+    fn roster(&self, room: &RoomId) -> (Vec<ParticipantInfo>, Vec<TrackInfo>) {
+        let mut people = Vec::new();
+        let mut tracks = Vec::new();
+        if let Some(call) = self.calls.get(room) {
+            for pid in &call.parts {
+                if let Some(p) = self.parts.get(pid) {
+                    people.push(ParticipantInfo {
+                        id: p.name.clone(),
+                        user: p.user.clone(),
+                    });
+                    tracks.extend(p.published.iter().map(|t| track_info(p, t)));
+                }
+            }
+        }
+        (people, tracks)
+    }
+
+    fn offer(
+        &mut self,
+        now: Instant,
+        pid: u64,
+        rid: Option<RequestId>,
+        sdp: &str,
+        publish: Vec<Publish>,
+        subscribe: Vec<Subscribe>,
+    ) -> Result<(), Refusal> {
+        if sdp.len() > self.cfg.max_sdp_bytes {
+            return Err(refuse(ErrorCode::TooLarge, "SDP offer over its limit"));
+        }
+        let sections = sdp::sections(sdp);
+        let room = self.parts.get(&pid).ok_or_else(gone)?.room.clone();
+        // Check every entry against the offer before anything is applied.
+        let mut declared = self.parts[&pid].declared.clone();
+        if !publish.is_empty() && self.parts[&pid].access < Access::Write {
+            return Err(forbidden_publish());
+        }
+        let mut mids: BTreeSet<String> = BTreeSet::new();
+        for p in &publish {
+            if !mids.insert(p.mid.clone()) {
+                return Err(refuse(ErrorCode::BadRequest, "a mid is listed twice"));
+            }
+            let s = section(&sections, &p.mid)?;
+            if !s.sends {
+                return Err(refuse(
+                    ErrorCode::BadRequest,
+                    format!("m-line {} does not send: it cannot publish", p.mid),
+                ));
+            }
+            if (s.media == "video") != p.kind.is_video() {
+                return Err(refuse(
+                    ErrorCode::BadRequest,
+                    format!("m-line {} is {}, not {}", p.mid, s.media, p.kind.as_str()),
+                ));
+            }
+            declared.insert(p.mid.clone(), p.kind);
+        }
+        let publishing = sections
+            .iter()
+            .filter(|s| s.sends && declared.contains_key(&s.mid))
+            .count();
+        if publishing > self.cfg.max_tracks {
+            return Err(refuse(ErrorCode::Limit, "tracks per participant"));
+        }
+        let mut wanted: Vec<(Subscribe, u64, Mid, bool)> = Vec::new();
+        for s in subscribe {
+            if !mids.insert(s.mid.clone()) {
+                return Err(refuse(ErrorCode::BadRequest, "a mid is listed twice"));
+            }
+            let sec = section(&sections, &s.mid)?;
+            if !sec.receives {
+                return Err(refuse(
+                    ErrorCode::BadRequest,
+                    format!("m-line {} does not receive: it cannot subscribe", s.mid),
+                ));
+            }
+            let (source, t) = self.find_track(&room, &s.track).ok_or_else(|| {
+                refuse(
+                    ErrorCode::NotFound,
+                    format!("no track {} in this call", s.track),
+                )
+            })?;
+            if source == pid {
+                return Err(refuse(ErrorCode::BadRequest, "a track of your own"));
+            }
+            if (sec.media == "video") != t.kind.is_video() {
+                return Err(refuse(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "m-line {} is {}, track {} is {}",
+                        s.mid,
+                        sec.media,
+                        s.track,
+                        t.kind.as_str()
+                    ),
+                ));
+            }
+            let (mid, video) = (t.mid, t.kind.is_video());
+            wanted.push((s, source, mid, video));
+        }
+        let offer = SdpOffer::from_sdp_string(sdp)
+            .map_err(|e| refuse(ErrorCode::BadRequest, format!("SDP: {e}")))?;
+        let p = self.parts.get_mut(&pid).ok_or_else(gone)?;
+        let answer = p
+            .rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| refuse(ErrorCode::BadRequest, format!("offer refused: {e}")))?;
+        p.declared = declared;
+        // Subscriptions: new entries replace whatever the m-line carried; m-lines that stopped
+        // receiving drop theirs.
+        for (s, source, source_mid, video) in wanted {
+            let mid = Mid::from(s.mid.as_str());
+            p.subs.retain(|x| x.mid != mid);
+            p.subs.push(Sub {
+                mid,
+                track: s.track,
+                source,
+                source_mid,
+                video,
+                quality: s.quality,
+                target: None,
+                current: None,
+                started: false,
+                offset: 0,
+                last_out: None,
+            });
+        }
+        p.subs
+            .retain(|x| sections.iter().any(|s| s.receives && s.mid == *x.mid));
+        // Publications: declared sending m-lines; ones that stopped sending are unpublished.
+        let mut gone_tracks = Vec::new();
+        let mut i = 0;
+        while i < p.published.len() {
+            let mid = p.published[i].mid;
+            if sections.iter().any(|s| s.sends && s.mid == *mid) {
+                i += 1;
+            } else {
+                gone_tracks.push(p.published.remove(i));
+            }
+        }
+        let mut new_tracks = Vec::new();
+        for s in sections.iter().filter(|s| s.sends) {
+            let Some(kind) = p.declared.get(&s.mid).copied() else {
+                continue;
+            };
+            if p.published.iter().any(|t| *t.mid == *s.mid) {
+                continue;
+            }
+            let t = Published {
+                id: format!("{}-{}", p.name, s.mid),
+                mid: Mid::from(s.mid.as_str()),
+                kind,
+                muted: false,
+                layers: if kind.is_video() {
+                    s.rids.iter().map(|r| Rid::from(r.as_str())).collect()
+                } else {
+                    Vec::new()
+                },
+                meters: HashMap::new(),
+                level: 127.0,
+                last_keyframe_request: HashMap::new(),
+            };
+            new_tracks.push(track_info(p, &t));
+            p.published.push(t);
+        }
+        let conn = p.conn;
+        let user = p.user.clone();
+        self.send(
+            conn,
+            &Frame::CallAnswer {
+                id: rid,
+                room: room.clone(),
+                sdp: answer.to_sdp_string(),
+            },
+        );
+        for t in gone_tracks {
+            self.unpublished(pid, t);
+        }
+        for t in new_tracks {
+            if t.kind == TrackKind::Screen {
+                let payload = EventPayload::ScreenShareStarted(ScreenShareV1 {
+                    user: user.clone(),
+                    track: t.id.clone(),
+                });
+                self.persist(&room, &user, payload);
+            }
+            let frame = Frame::TrackPublished {
+                room: room.clone(),
+                track: t,
+            };
+            self.broadcast(&room, &frame, None);
+        }
+        self.allocate(now, pid);
+        self.dirty.insert(pid);
+        Ok(())
+    }
+
+    fn find_track(&self, room: &RoomId, track: &str) -> Option<(u64, &Published)> {
+        let call = self.calls.get(room)?;
+        call.parts.iter().find_map(|pid| {
+            let p = self.parts.get(pid)?;
+            p.published
+                .iter()
+                .find(|t| t.id == track)
+                .map(|t| (*pid, t))
+        })
+    }
+
+    /// A track of `pid` is gone: subscribers stop receiving it, the call is told.
+    fn unpublished(&mut self, pid: u64, t: Published) {
+        let Some(p) = self.parts.get(&pid) else {
+            return;
+        };
+        let (room, user) = (p.room.clone(), p.user.clone());
+        for q in self.parts.values_mut() {
+            q.subs.retain(|s| s.track != t.id);
+        }
+        if t.kind == TrackKind::Screen {
+            let payload = EventPayload::ScreenShareStopped(ScreenShareV1 {
+                user: user.clone(),
+                track: t.id.clone(),
+            });
+            self.persist(&room, &user, payload);
+        }
+        let frame = Frame::TrackUnpublished {
+            room: room.clone(),
+            track: t.id,
+        };
+        self.broadcast(&room, &frame, None);
+    }
+
+    /// Removes a participant: its tracks are unpublished, the call is told, the log records it.
+    /// `closed`: the frame that tells the participant itself (timeouts, moves), if any.
+    fn remove(&mut self, now: Instant, pid: u64, reason: &str, closed: Option<(ErrorCode, &str)>) {
+        let _ = now;
+        let Some(mut p) = self.parts.remove(&pid) else {
+            return;
+        };
+        p.rtc.disconnect();
+        self.by_conn.remove(&(p.conn, p.room.clone()));
+        self.by_addr.retain(|_, v| *v != pid);
+        self.dirty.remove(&pid);
+        if let Some((code, message)) = closed {
+            let frame = Frame::CallClosed {
+                room: p.room.clone(),
+                code,
+                message: message.to_owned(),
+            };
+            self.send(p.conn, &frame);
+        }
+        let room = p.room.clone();
+        let Some(call) = self.calls.get_mut(&room) else {
+            return;
+        };
+        call.parts.remove(&pid);
+        if call.speaker == Some(pid) {
+            call.speaker = None;
+        }
+        let call_id = call.id.clone();
+        let empty = call.parts.is_empty();
+        for t in std::mem::take(&mut p.published) {
+            // Re-insert the participant's identity for the events: it is gone from the map.
+            for q in self.parts.values_mut() {
+                q.subs.retain(|s| s.track != t.id);
+            }
+            if t.kind == TrackKind::Screen {
+                let payload = EventPayload::ScreenShareStopped(ScreenShareV1 {
+                    user: p.user.clone(),
+                    track: t.id.clone(),
+                });
+                self.persist(&room, &p.user, payload);
+            }
+            let frame = Frame::TrackUnpublished {
+                room: room.clone(),
+                track: t.id,
+            };
+            self.broadcast(&room, &frame, None);
+        }
+        self.persist(
+            &room,
+            &p.user,
+            EventPayload::CallParticipantLeft(CallParticipantV1 {
+                call: call_id.clone(),
+                user: p.user.clone(),
+                participant: p.name.clone(),
+                reason: Some(reason.to_owned()),
+            }),
+        );
+        let frame = Frame::CallParticipantLeft {
+            room: room.clone(),
+            participant: p.name.clone(),
+            reason: reason.to_owned(),
+        };
+        self.broadcast(&room, &frame, None);
+        if empty {
+            self.calls.remove(&room);
+            self.persist(
+                &room,
+                &p.user,
+                EventPayload::CallEnded(CallV1 {
+                    call: call_id,
+                    user: p.user.clone(),
+                }),
+            );
+        }
+    }
+
+    /// `conn` is no longer a member of `room` (it left, or the room closed on it).
+    pub fn handle_departed(&mut self, now: Instant, conn: C, room: &RoomId) {
+        if let Some(pid) = self.by_conn.get(&(conn, room.clone())).copied() {
+            self.remove(now, pid, "left", None);
+        }
+        self.flush(now);
+    }
+
+    /// The connection is gone: it leaves every call.
+    pub fn handle_close(&mut self, now: Instant, conn: C) {
+        let pids: Vec<u64> = self
+            .by_conn
+            .iter()
+            .filter(|((c, _), _)| *c == conn)
+            .map(|(_, p)| *p)
+            .collect();
+        for pid in pids {
+            self.remove(now, pid, "closed", None);
+        }
+        self.flush(now);
+    }
+
+    /// The room's call ends here without a trace in the log (the room moved to another shard, or
+    /// the shard stops): participants get `call.closed` with `code` and join again.
+    pub fn handle_release(&mut self, now: Instant, room: &RoomId, code: ErrorCode, message: &str) {
+        let Some(call) = self.calls.remove(room) else {
+            return;
+        };
+        for pid in call.parts {
+            if let Some(mut p) = self.parts.remove(&pid) {
+                p.rtc.disconnect();
+                self.by_conn.remove(&(p.conn, p.room.clone()));
+                self.by_addr.retain(|_, v| *v != pid);
+                self.dirty.remove(&pid);
+                let frame = Frame::CallClosed {
+                    room: room.clone(),
+                    code,
+                    message: message.to_owned(),
+                };
+                self.send(p.conn, &frame);
+            }
+        }
+        self.flush(now);
+    }
+
+    /// One UDP datagram received by the media socket at `destination` from `source`.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+    ) {
+        self.stats.datagrams_in += 1;
+        if data.len() > self.cfg.max_datagram {
+            self.stats.datagrams_dropped += 1;
+            return;
+        }
+        let Ok(contents) = data.try_into() else {
+            self.stats.datagrams_dropped += 1;
+            return;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination,
+                contents,
+            },
+        );
+        let known = self
+            .by_addr
+            .get(&source)
+            .copied()
+            .filter(|pid| self.parts.get(pid).is_some_and(|p| p.rtc.accepts(&input)));
+        let pid = known.or_else(|| {
+            self.parts
+                .iter()
+                .find(|(_, p)| p.rtc.accepts(&input))
+                .map(|(pid, _)| *pid)
+        });
+        let Some(pid) = pid else {
+            self.stats.datagrams_dropped += 1;
+            return;
+        };
+        self.by_addr.insert(source, pid);
+        let failed = match self.parts.get_mut(&pid) {
+            Some(p) => p.rtc.handle_input(input).is_err(),
+            None => false,
+        };
+        if failed {
+            // str0m refuses the peer's traffic for good: drop the participant, not the shard.
+            self.remove(
+                now,
+                pid,
+                "closed",
+                Some((ErrorCode::BadRequest, "media error")),
+            );
+        } else {
+            self.dirty.insert(pid);
+        }
+        self.flush(now);
+    }
+
+    /// Timers: str0m's, lost and never-connected participants, levels and layer choices.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut drop: Vec<(u64, &'static str, &'static str)> = Vec::new();
+        for (pid, p) in self.parts.iter_mut() {
+            if p.next <= now {
+                if p.rtc.handle_input(Input::Timeout(now)).is_err() {
+                    drop.push((*pid, "closed", "media error"));
+                    continue;
+                }
+                self.dirty.insert(*pid);
+            }
+            if p.lost_at.is_some_and(|l| now >= l + self.cfg.ice_timeout) {
+                drop.push((*pid, "timeout", "the media connection was lost"));
+            } else if !p.connected
+                && p.lost_at.is_none()
+                && now >= p.joined_at + self.cfg.connect_timeout
+            {
+                drop.push((*pid, "timeout", "the media connection never came up"));
+            }
+        }
+        for (pid, reason, message) in drop {
+            self.remove(now, pid, reason, Some((ErrorCode::Timeout, message)));
+        }
+        if self.tick_at.is_some_and(|t| now >= t) {
+            self.tick(now);
+            self.tick_at = (!self.parts.is_empty()).then_some(now + TICK);
+        }
+        self.flush(now);
+    }
+
+    /// Levels: the N loudest audio tracks and the active speaker; layer choices.
+    fn tick(&mut self, now: Instant) {
+        let rooms: Vec<RoomId> = self.calls.keys().cloned().collect();
+        for room in rooms {
+            let Some(call) = self.calls.get(&room) else {
+                continue;
+            };
+            let mut levels: Vec<(f32, String, u64)> = Vec::new();
+            for pid in &call.parts {
+                if let Some(p) = self.parts.get(pid) {
+                    for t in p.published.iter().filter(|t| !t.kind.is_video()) {
+                        levels.push((t.level, t.id.clone(), *pid));
+                    }
+                }
+            }
+            levels.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let n = self.cfg.audio_top_n;
+            let loudest = (n > 0 && levels.len() > n)
+                .then(|| levels.iter().take(n).map(|l| l.1.clone()).collect());
+            let speaker = levels.first().filter(|l| l.0 < SPEAKING).map(|l| l.2);
+            let Some(call) = self.calls.get_mut(&room) else {
+                continue;
+            };
+            call.loudest = loudest;
+            if speaker.is_some() && speaker != call.speaker {
+                call.speaker = speaker;
+                let name = speaker
+                    .and_then(|s| self.parts.get(&s))
+                    .map(|p| p.name.clone());
+                let frame = Frame::CallSpeaker {
+                    room: room.clone(),
+                    participant: name,
+                };
+                self.broadcast(&room, &frame, None);
+            }
+        }
+        let pids: Vec<u64> = self.parts.keys().copied().collect();
+        for pid in pids {
+            self.allocate(now, pid);
+        }
+    }
+
+    /// Chooses the layer of each video subscription of `pid`: the wanted quality, lowered (cameras
+    /// first, the largest first) until the sum fits the downstream estimate; asks a key frame of
+    /// every layer newly chosen.
+    fn allocate(&mut self, now: Instant, pid: u64) {
+        let Some(p) = self.parts.get(&pid) else {
+            return;
+        };
+        let budget = p.estimate;
+        // (sub index, layers low→high, chosen index, is screen)
+        let mut plan: Vec<(usize, Vec<Rid>, usize, bool)> = Vec::new();
+        let mut rates: HashMap<(usize, usize), u64> = HashMap::new();
+        for (i, s) in p.subs.iter().enumerate() {
+            if !s.video || s.quality == Quality::Off {
+                continue;
+            }
+            let Some(t) = self
+                .parts
+                .get(&s.source)
+                .and_then(|q| q.published.iter().find(|t| t.mid == s.source_mid))
+            else {
+                continue;
+            };
+            let layers = t.layers_by_rate();
+            if layers.is_empty() {
+                continue;
+            }
+            let top = layers.len() - 1;
+            let wanted = match s.quality {
+                Quality::High | Quality::Off => top,
+                Quality::Medium => top.min(1),
+                Quality::Low => 0,
+            };
+            // The per-track cap.
+            let mut chosen = wanted;
+            while chosen > 0 && t.rate(Some(layers[chosen])) > self.cfg.max_track_bitrate {
+                chosen -= 1;
+            }
+            for (j, r) in layers.iter().enumerate() {
+                rates.insert((i, j), t.rate(Some(*r)));
+            }
+            plan.push((i, layers, chosen, t.kind == TrackKind::Screen));
+        }
+        let total = |plan: &[(usize, Vec<Rid>, usize, bool)]| -> u64 {
+            plan.iter().map(|(i, _, c, _)| rates[&(*i, *c)]).sum()
+        };
+        // What the subscriber would take at its wanted qualities, and at the least: the estimator
+        // probes towards the first and keeps traffic up to the second.
+        let desired = total(&plan) + self.audio_rate(pid);
+        let minimum: u64 =
+            plan.iter().map(|(i, _, _, _)| rates[&(*i, 0)]).sum::<u64>() + self.audio_rate(pid);
+        while total(&plan) > budget {
+            // Lower the camera on the highest layer first, then screens.
+            let victim = plan
+                .iter_mut()
+                .filter(|x| x.2 > 0)
+                .max_by_key(|x| (!x.3, x.2));
+            match victim {
+                Some(v) => v.2 -= 1,
+                None => break,
+            }
+        }
+        let mut asks: Vec<(u64, Mid, Option<Rid>)> = Vec::new();
+        let Some(p) = self.parts.get_mut(&pid) else {
+            return;
+        };
+        if desired > 0 && self.cfg.bwe_probe {
+            p.rtc
+                .bwe()
+                .set_bitrate(Bitrate::bps(minimum.min(desired)), Bitrate::bps(desired));
+            self.dirty.insert(pid);
+        }
+        for (i, layers, chosen, _) in plan {
+            let s = &mut p.subs[i];
+            let target = Some(layers[chosen]);
+            if s.target != target {
+                s.target = target;
+                if s.current != target {
+                    asks.push((s.source, s.source_mid, target));
+                }
+            }
+        }
+        // Non-simulcast video that has not started yet needs a key frame too.
+        for s in p
+            .subs
+            .iter()
+            .filter(|s| s.video && !s.started && s.target.is_none())
+        {
+            asks.push((s.source, s.source_mid, None));
+        }
+        for (source, mid, rid) in asks {
+            self.request_keyframe(now, source, mid, rid);
+        }
+    }
+
+    /// The measured rate of the audio `pid` receives.
+    fn audio_rate(&self, pid: u64) -> u64 {
+        let Some(p) = self.parts.get(&pid) else {
+            return 0;
+        };
+        p.subs
+            .iter()
+            .filter(|s| !s.video && s.quality != Quality::Off)
+            .filter_map(|s| {
+                let q = self.parts.get(&s.source)?;
+                q.published
+                    .iter()
+                    .find(|t| t.mid == s.source_mid)
+                    .map(|t| t.rate(None))
+            })
+            .sum()
+    }
+
+    fn request_keyframe(&mut self, now: Instant, source: u64, mid: Mid, rid: Option<Rid>) {
+        let Some(p) = self.parts.get_mut(&source) else {
+            return;
+        };
+        let Some(t) = p.published.iter_mut().find(|t| t.mid == mid) else {
+            return;
+        };
+        if t.last_keyframe_request
+            .get(&rid)
+            .is_some_and(|at| now.saturating_duration_since(*at) < KEYFRAME_THROTTLE)
+        {
+            return;
+        }
+        t.last_keyframe_request.insert(rid, now);
+        if let Some(mut w) = p.rtc.writer(mid) {
+            if w.is_request_keyframe_possible(KeyframeRequestKind::Pli)
+                && w.request_keyframe(rid, KeyframeRequestKind::Pli).is_ok()
+            {
+                self.stats.keyframe_requests += 1;
+                self.dirty.insert(source);
+            }
+        }
+    }
+
+    /// Drains every participant that had input until nothing is left to do.
+    fn flush(&mut self, now: Instant) {
+        let mut rounds = 0;
+        while let Some(pid) = self.dirty.pop_first() {
+            self.drain(now, pid);
+            rounds += 1;
+            if rounds > 100_000 {
+                break;
+            }
+        }
+    }
+
+    fn drain(&mut self, now: Instant, pid: u64) {
+        let mut events = Vec::new();
+        let mut failed = false;
+        {
+            let Some(p) = self.parts.get_mut(&pid) else {
+                return;
+            };
+            loop {
+                match p.rtc.poll_output() {
+                    Ok(Output::Timeout(t)) => {
+                        p.next = t;
+                        break;
+                    }
+                    Ok(Output::Transmit(t)) => self.out.push_back(CallOutput::Transmit {
+                        source: t.source,
+                        destination: t.destination,
+                        data: t.contents.into(),
+                    }),
+                    Ok(Output::Event(e)) => events.push(e),
+                    Err(e) => {
+                        tracing::debug!(participant = %p.name, error = %e, "media failed");
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        for e in events {
+            self.event(now, pid, e);
+        }
+        if failed {
+            self.remove(
+                now,
+                pid,
+                "closed",
+                Some((ErrorCode::BadRequest, "media error")),
+            );
+        }
+    }
+
+    fn event(&mut self, now: Instant, pid: u64, e: Event) {
+        match e {
+            Event::IceConnectionStateChange(s) => {
+                let Some(p) = self.parts.get_mut(&pid) else {
+                    return;
+                };
+                match s {
+                    IceConnectionState::Connected | IceConnectionState::Completed => {
+                        p.connected = true;
+                        p.lost_at = None;
+                    }
+                    IceConnectionState::Disconnected => {
+                        p.connected = false;
+                        p.lost_at.get_or_insert(now);
+                    }
+                    _ => {}
+                }
+            }
+            Event::MediaData(d) => self.forward(now, pid, d),
+            Event::KeyframeRequest(req) => {
+                let Some(p) = self.parts.get(&pid) else {
+                    return;
+                };
+                if let Some(s) = p.subs.iter().find(|s| s.mid == req.mid) {
+                    let rid = s.current.or(s.target);
+                    let (source, mid) = (s.source, s.source_mid);
+                    self.request_keyframe(now, source, mid, rid);
+                }
+            }
+            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                if let Some(p) = self.parts.get_mut(&pid) {
+                    p.estimate = estimate.as_u64();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// One media frame of `src`: to every subscriber that wants it, on the layer chosen for it.
+    fn forward(&mut self, now: Instant, src: u64, d: MediaData) {
+        let Some(p) = self.parts.get_mut(&src) else {
+            return;
+        };
+        let room = p.room.clone();
+        let Some(t) = p.published.iter_mut().find(|t| t.mid == d.mid) else {
+            // A sending m-line that was never published: not forwarded.
+            return;
+        };
+        t.meters
+            .entry(d.rid)
+            .or_insert_with(|| Meter::new(now))
+            .add(now, d.data.len());
+        let video = t.kind.is_video();
+        if !video {
+            if let Some(level) = d.ext_vals.audio_level {
+                let l = f32::from(level.unsigned_abs());
+                t.level = t.level * 0.7 + l * 0.3;
+            }
+        }
+        let track = t.id.clone();
+        let keyframe = video && d.is_keyframe();
+        if video && !d.contiguous {
+            let (mid, rid) = (d.mid, d.rid);
+            self.request_keyframe(now, src, mid, rid);
+        }
+        let Some(call) = self.calls.get(&room) else {
+            return;
+        };
+        if !video {
+            if let Some(loudest) = &call.loudest {
+                if !loudest.contains(&track) {
+                    return;
+                }
+            }
+        }
+        let parts: Vec<u64> = call.parts.iter().copied().filter(|p| *p != src).collect();
+        // Subscribers waiting for a key frame (to start, or to switch layers) keep asking for one
+        // (throttled per layer) until it comes: a request made before the publisher's media was up
+        // is lost.
+        let mut waiting: Vec<Option<Rid>> = Vec::new();
+        for pid in parts {
+            let Some(p) = self.parts.get_mut(&pid) else {
+                continue;
+            };
+            let Some(s) = p.subs.iter_mut().find(|s| s.track == track) else {
+                continue;
+            };
+            if s.quality == Quality::Off {
+                continue;
+            }
+            if video {
+                if s.target.is_some() {
+                    if d.rid == s.target && s.current != s.target && keyframe {
+                        // Switch layers on a key frame, keeping the subscriber's timeline.
+                        s.current = s.target;
+                        let ticks = i64::from(d.time.denom());
+                        let want = match s.last_out {
+                            Some((last, at)) => {
+                                let gap = now.saturating_duration_since(at).as_secs_f64();
+                                last as i64 + ((gap * ticks as f64) as i64).max(1)
+                            }
+                            None => d.time.numer() as i64,
+                        };
+                        s.offset = want - d.time.numer() as i64;
+                    }
+                    if s.current != s.target && !waiting.contains(&s.target) {
+                        waiting.push(s.target);
+                    }
+                    if d.rid != s.current {
+                        continue;
+                    }
+                }
+                if !s.started {
+                    if !keyframe {
+                        let rid = s.current.or(s.target);
+                        if !waiting.contains(&rid) {
+                            waiting.push(rid);
+                        }
+                        continue;
+                    }
+                    s.started = true;
+                }
+            }
+            let numer = (d.time.numer() as i64).wrapping_add(s.offset) as u64;
+            s.last_out = Some((numer, now));
+            let time = MediaTime::new(numer, d.time.frequency());
+            let mid = s.mid;
+            let Some(w) = p.rtc.writer(mid) else {
+                continue;
+            };
+            let Some(pt) = w.match_params(d.params) else {
+                continue;
+            };
+            if w.write(pt, d.network_time, time, d.data.clone()).is_ok() {
+                self.stats.frames_forwarded += 1;
+                self.stats.bytes_forwarded += d.data.len() as u64;
+                self.dirty.insert(pid);
+            }
+        }
+        waiting.dedup();
+        for rid in waiting {
+            self.request_keyframe(now, src, d.mid, rid);
+        }
+    }
+}
+
+fn unreachable_join() -> Result<(), Refusal> {
+    Err(refuse(ErrorCode::BadRequest, "already in the call"))
+}
+
+fn gone() -> Refusal {
+    refuse(ErrorCode::NotInCall, "not in the call")
+}
+
+fn forbidden_publish() -> Refusal {
+    refuse(
+        ErrorCode::Forbidden,
+        "publishing needs write access to the room (read access watches and listens)",
+    )
+}
+
+fn section<'a>(sections: &'a [Section], mid: &str) -> Result<&'a Section, Refusal> {
+    sections.iter().find(|s| s.mid == mid).ok_or_else(|| {
+        refuse(
+            ErrorCode::BadRequest,
+            format!("the offer has no m-line with mid {mid}"),
+        )
+    })
+}
+
+fn track_info<C>(p: &Participant<C>, t: &Published) -> TrackInfo {
+    TrackInfo {
+        id: t.id.clone(),
+        participant: p.name.clone(),
+        user: p.user.clone(),
+        kind: t.kind,
+        muted: t.muted,
+        layers: t.layers.iter().map(|r| r.to_string()).collect(),
+    }
+}
