@@ -762,7 +762,7 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
             &Frame::CallAnswer {
                 id: rid,
                 room: room.clone(),
-                sdp: answer.to_sdp_string(),
+                sdp: sdp::complete_candidates(&answer.to_sdp_string()),
             },
         );
         for t in gone_tracks {
@@ -980,9 +980,13 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
                 .map(|(pid, _)| *pid)
         });
         let Some(pid) = pid else {
+            tracing::trace!(%source, len = data.len(), "datagram nobody accepts: dropped");
             self.stats.datagrams_dropped += 1;
             return;
         };
+        if known.is_none() {
+            tracing::debug!(participant = pid, %source, "media from a new address");
+        }
         self.by_addr.insert(source, pid);
         let failed = match self.parts.get_mut(&pid) {
             Some(p) => p.rtc.handle_input(input).is_err(),
@@ -1268,6 +1272,7 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
                 let Some(p) = self.parts.get_mut(&pid) else {
                     return;
                 };
+                tracing::debug!(participant = %p.name, state = ?s, "ICE");
                 match s {
                     IceConnectionState::Connected | IceConnectionState::Completed => {
                         p.connected = true;

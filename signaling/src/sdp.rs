@@ -84,9 +84,61 @@ pub fn sections(sdp: &str) -> Vec<Section> {
     out
 }
 
+/// Lists the answer's host candidates in every m-section, each followed by `a=end-of-candidates`.
+/// str0m writes them in the first section only; some peers (aiortc) read candidates from the last
+/// section sharing a BUNDLE transport, and every peer benefits from knowing that an ICE-lite
+/// server has no more candidates to trickle.
+pub fn complete_candidates(answer: &str) -> String {
+    let candidates: Vec<&str> = answer
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| l.starts_with("a=candidate:"))
+        .collect();
+    let mut out = String::with_capacity(answer.len() + 256);
+    let mut in_media = false;
+    let mut listed = false;
+    let close = |out: &mut String, in_media: bool, listed: bool| {
+        if in_media && !listed {
+            for c in &candidates {
+                out.push_str(c);
+                out.push_str("\r\n");
+            }
+        }
+        if in_media {
+            out.push_str("a=end-of-candidates\r\n");
+        }
+    };
+    for line in answer.lines() {
+        let line = line.trim_end_matches('\r');
+        if line.is_empty() || line == "a=end-of-candidates" {
+            continue;
+        }
+        if line.starts_with("m=") {
+            close(&mut out, in_media, listed);
+            in_media = true;
+            listed = false;
+        } else if line.starts_with("a=candidate:") {
+            listed = true;
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    close(&mut out, in_media, listed);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_section_lists_the_candidates_once_and_ends_them() {
+        let answer = "v=0\r\na=group:BUNDLE 0 1\r\nm=video 9 UDP\r\na=candidate:1 1 udp 1 10.0.0.1 5000 typ host\r\na=mid:0\r\nm=audio 9 UDP\r\na=mid:1\r\n";
+        let done = complete_candidates(answer);
+        assert_eq!(done.matches("a=candidate:1 1 udp 1 10.0.0.1 5000 typ host").count(), 2);
+        assert_eq!(done.matches("a=end-of-candidates").count(), 2);
+        assert!(done.ends_with("a=mid:1\r\na=candidate:1 1 udp 1 10.0.0.1 5000 typ host\r\na=end-of-candidates\r\n"));
+    }
 
     #[test]
     fn reads_directions_mids_and_simulcast() {
