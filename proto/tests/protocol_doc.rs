@@ -66,6 +66,14 @@ const CLIENT_TYPES: &[&str] = &[
     "history",
     "doc.open",
     "doc.close",
+    "call.join",
+    "call.leave",
+    "call.offer",
+    "call.ice",
+    "track.publish",
+    "track.unpublish",
+    "track.subscribe",
+    "track.mute",
 ];
 
 const SERVER_TYPES: &[&str] = &[
@@ -80,6 +88,16 @@ const SERVER_TYPES: &[&str] = &[
     "history",
     "doc.opened",
     "doc.closed",
+    "call.joined",
+    "call.answer",
+    "call.ice",
+    "call.participant.joined",
+    "call.participant.left",
+    "track.published",
+    "track.unpublished",
+    "track.muted",
+    "call.speaker",
+    "call.closed",
     "ok",
     "pong",
     "error",
@@ -105,7 +123,8 @@ fn the_frame_tables_list_exactly_the_frame_types() {
     // The lists above are the enums' own names: a minimal frame of each type parses.
     for t in CLIENT_TYPES {
         let v = serde_json::json!({"t": t, "room": "r", "doc": "d", "text": "x", "target": 1,
-            "state": null, "typing": true});
+            "state": null, "typing": true, "sdp": "v=0", "candidate": null, "mid": "0",
+            "kind": "camera", "track": "p1-0", "quality": "low", "muted": true});
         let f: ClientFrame = serde_json::from_value(v).unwrap_or_else(|e| panic!("{t}: {e}"));
         assert_eq!(&t_of(&f), t);
     }
@@ -120,6 +139,19 @@ fn the_frame_tables_list_exactly_the_frame_types() {
             "doc.closed" => serde_json::json!({"t": t, "doc": "d", "code": 1013, "reason": "r"}),
             "joined" => serde_json::json!({"t": t, "id": null, "room": "r",
                 "position": {"epoch": 0, "seq": 0}, "events": [], "presence": [], "typing": []}),
+            "call.joined" => serde_json::json!({"t": t, "id": null, "room": "r",
+                "participant": "p1", "participants": [], "tracks": [], "ice_servers": []}),
+            "call.answer" => serde_json::json!({"t": t, "id": null, "room": "r", "sdp": "v=0"}),
+            "call.ice" => serde_json::json!({"t": t, "room": "r", "candidate": null}),
+            "call.participant.joined" => serde_json::json!({"t": t, "room": "r",
+                "participant": {"id": "p1", "user": "u"}}),
+            "call.participant.left" => serde_json::json!({"t": t, "room": "r",
+                "participant": "p1", "reason": "left"}),
+            "track.published" => serde_json::json!({"t": t, "room": "r", "track": {"id": "p1-0",
+                "participant": "p1", "user": "u", "kind": "screen", "muted": false, "layers": []}}),
+            "track.unpublished" => serde_json::json!({"t": t, "room": "r", "track": "p1-0"}),
+            "track.muted" => serde_json::json!({"t": t, "room": "r", "track": "p1-0", "muted": true}),
+            "call.speaker" => serde_json::json!({"t": t, "room": "r", "participant": null}),
             _ => v,
         };
         let f: ServerFrame<Value> =
@@ -145,6 +177,8 @@ fn the_error_code_table_lists_exactly_the_error_codes() {
         ErrorCode::Unavailable,
         ErrorCode::ShuttingDown,
         ErrorCode::Moved,
+        ErrorCode::NotInCall,
+        ErrorCode::Timeout,
     ];
     let want: BTreeSet<String> = all.iter().map(|c| c.as_str().to_owned()).collect();
     assert_eq!(listed, want);
