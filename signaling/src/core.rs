@@ -95,6 +95,8 @@ struct Meter {
     bytes: u64,
     /// Bits per second in the last full window (0 before the first).
     rate: u64,
+    /// When the layer last carried media.
+    seen: Instant,
 }
 
 impl Meter {
@@ -103,10 +105,12 @@ impl Meter {
             since: now,
             bytes: 0,
             rate: 0,
+            seen: now,
         }
     }
 
     fn add(&mut self, now: Instant, bytes: usize) {
+        self.seen = now;
         let elapsed = now.saturating_duration_since(self.since);
         if elapsed >= Duration::from_secs(1) {
             self.rate = (self.bytes as f64 * 8.0 / elapsed.as_secs_f64()) as u64;
@@ -133,10 +137,22 @@ struct Published {
 }
 
 impl Published {
-    /// Layers from lowest to highest bitrate: as the publisher listed them, unless their measured
-    /// rates show the list runs the other way (the first layer half again above the last).
-    fn layers_by_rate(&self) -> Vec<Rid> {
-        let mut l = self.layers.clone();
+    /// The layers the publisher sends now (media within the last second), from lowest to highest
+    /// bitrate: as the publisher listed them, unless their measured rates show the list runs the
+    /// other way. Browsers send fewer layers than offered for small or constrained sources (Chrome:
+    /// two of three at 640×480). Before any media, every listed layer.
+    fn layers_by_rate(&self, now: Instant) -> Vec<Rid> {
+        let live: Vec<Rid> = self
+            .layers
+            .iter()
+            .copied()
+            .filter(|r| {
+                self.meters
+                    .get(&Some(*r))
+                    .is_some_and(|m| now.saturating_duration_since(m.seen) < LAYER_GONE)
+            })
+            .collect();
+        let mut l = if live.is_empty() { self.layers.clone() } else { live };
         if let (Some(first), Some(last)) = (l.first(), l.last()) {
             let (a, b) = (self.rate(Some(*first)), self.rate(Some(*last)));
             if b > 0 && a > b + b / 2 {
@@ -203,6 +219,10 @@ struct Call {
 const TICK: Duration = Duration::from_millis(200);
 /// Key frames are asked of one layer at most this often.
 const KEYFRAME_THROTTLE: Duration = Duration::from_millis(300);
+/// A simulcast layer with no media for this long is not chosen for subscribers.
+const LAYER_GONE: Duration = Duration::from_secs(1);
+/// How much louder (dB) a voice must be than the active speaker's to take over.
+const SPEAKER_MARGIN: f32 = 6.0;
 /// Below this level (-dBov) nobody counts as speaking.
 const SPEAKING: f32 = 60.0;
 
@@ -1055,7 +1075,17 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
             let n = self.cfg.audio_top_n;
             let loudest = (n > 0 && levels.len() > n)
                 .then(|| levels.iter().take(n).map(|l| l.1.clone()).collect());
-            let speaker = levels.first().filter(|l| l.0 < SPEAKING).map(|l| l.2);
+            // The loudest speaker takes over only when clearly louder (6 dB) than the current one,
+            // or when the current one fell silent: no flapping between two similar voices.
+            let current = call
+                .speaker
+                .and_then(|s| levels.iter().find(|l| l.2 == s).map(|l| l.0))
+                .filter(|level| *level < SPEAKING);
+            let speaker = levels
+                .first()
+                .filter(|l| l.0 < SPEAKING)
+                .filter(|l| current.is_none_or(|c| l.0 + SPEAKER_MARGIN < c))
+                .map(|l| l.2);
             let Some(call) = self.calls.get_mut(&room) else {
                 continue;
             };
@@ -1100,7 +1130,7 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
             else {
                 continue;
             };
-            let layers = t.layers_by_rate();
+            let layers = t.layers_by_rate(now);
             if layers.is_empty() {
                 continue;
             }
@@ -1204,6 +1234,7 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
             return;
         }
         t.last_keyframe_request.insert(rid, now);
+        tracing::trace!(track = %t.id, ?rid, "key frame asked");
         if let Some(mut w) = p.rtc.writer(mid) {
             if w.is_request_keyframe_possible(KeyframeRequestKind::Pli)
                 && w.request_keyframe(rid, KeyframeRequestKind::Pli).is_ok()
@@ -1328,6 +1359,7 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
         }
         let track = t.id.clone();
         let keyframe = video && d.is_keyframe();
+        tracing::trace!(%track, rid = ?d.rid, keyframe, len = d.data.len(), "media in");
         if video && !d.contiguous {
             let (mid, rid) = (d.mid, d.rid);
             self.request_keyframe(now, src, mid, rid);

@@ -305,6 +305,16 @@ export class TandemClient extends Emitter {
       case 'room.closed':
         this.rooms.get(m.room)?._frame(m)
         return
+      case 'call.participant.joined':
+      case 'call.participant.left':
+      case 'track.published':
+      case 'track.unpublished':
+      case 'track.muted':
+      case 'call.speaker':
+      case 'call.closed':
+      case 'call.ice':
+        this.rooms.get(m.room)?._callFrame(m)
+        return
       case 'doc.opened':
         // Handled here, synchronously: the document's binary frames may follow in the same tick.
         this.docs.get(m.doc)?._opened()
@@ -503,6 +513,7 @@ export class Room extends Emitter {
   private state: unknown = undefined
   private joining: Promise<JoinResult> | null = null
   private joinId: string | null = null
+  private callObj: Call | null = null
 
   constructor (private readonly client: TandemClient, readonly id: string) {
     super()
@@ -549,8 +560,23 @@ export class Room extends Emitter {
     return p
   }
 
+  /**
+   * The room's call (one per room handle): `await room.call().join()` after `room.join()`. See
+   * {@link Call}.
+   */
+  call (opts: CallOptions = {}): Call {
+    if (this.callObj === null) this.callObj = new Call(this.client, this, opts)
+    return this.callObj
+  }
+
+  /** @internal */
+  _callFrame (m: any): void {
+    this.callObj?._frame(m)
+  }
+
   /** Leaves the room (no more events, presence removed). */
   async leave (): Promise<void> {
+    if (this.callObj !== null) await this.callObj.leave().catch(() => {})
     this.joined = false
     this.presence.clear()
     this.typists = []
@@ -626,6 +652,8 @@ export class Room extends Emitter {
         this.emit('presence', this.presence)
         this.emit('typing', this.typists)
         this.client._resendFor(this.id)
+        // A call in progress before a reconnect or a move joins again (a new peer connection).
+        this.callObj?._roomJoined()
         return
       }
       case 'event':
@@ -647,6 +675,7 @@ export class Room extends Emitter {
         this.emit('typing', this.typists)
         return
       case 'room.closed':
+        this.callObj?._roomLost()
         this.emit('closed', { code: m.code, message: m.message })
         if (this.joined) setTimeout(() => { if (this.joined && this.client.isConnected && this.joining === null) this.rejoin() }, 200)
     }
@@ -655,6 +684,7 @@ export class Room extends Emitter {
   /** @internal */
   _disconnected (): void {
     this.typists = []
+    this.callObj?._roomLost()
   }
 
   /** @internal */
@@ -690,6 +720,342 @@ function ackOf (m: any): Ack {
   const a: Ack = { epoch: m.epoch, seq: m.seq }
   if (m.duplicate === true) a.duplicate = true
   return a
+}
+
+// ---------------------------------------------------------------------------------------------
+// Calls: one RTCPeerConnection to the room's owner, which forwards media (an SFU)
+
+/** What a published track carries. */
+export type TrackKind = 'camera' | 'microphone' | 'screen' | 'screen-audio'
+/** A subscriber's wanted quality of a video track (`off`: not forwarded). */
+export type Quality = 'high' | 'medium' | 'low' | 'off'
+
+/** A track published in the call. */
+export interface TrackInfo {
+  id: string
+  participant: string
+  user: string
+  kind: TrackKind
+  muted: boolean
+  /** Simulcast layers (rids) the publisher sends. */
+  layers: string[]
+}
+
+/** A participant (one per connection in the call). */
+export interface Participant {
+  id: string
+  user: string
+}
+
+export interface CallOptions {
+  /** The `RTCPeerConnection` constructor (defaults to the global one). */
+  RTCPeerConnection?: any
+  /** ICE servers besides the ones the server hands out. */
+  iceServers?: any[]
+  /** Subscribe to every track others publish, as they appear (default true). */
+  autoSubscribe?: boolean
+  /** Quality of new video subscriptions (default `high`). */
+  quality?: Quality
+  /** Camera simulcast encodings (default: three layers q/h/f at 1/4, 1/2 and full resolution; `false`: one). */
+  simulcast?: boolean | any[]
+}
+
+/** A remote track received, as emitted with `track`. */
+export interface RemoteTrack {
+  info: TrackInfo
+  /** The `MediaStreamTrack`. */
+  track: any
+  /** A `MediaStream` holding it (attach to a `<video>`/`<audio>` element). */
+  stream: any
+}
+
+const DEFAULT_SIMULCAST = [
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: 'f', maxBitrate: 1_500_000 }
+]
+
+interface LocalTrack {
+  kind: TrackKind
+  track: any
+  transceiver: any
+  /** The server's id, once an answer accepted it. */
+  id: string | null
+  muted: boolean
+}
+
+interface Receiving {
+  transceiver: any
+  quality: Quality
+  /** Named to the server in an accepted offer. */
+  sent: boolean
+  stream?: any
+}
+
+/**
+ * A room's call: `join()`, `publish(track, kind)`, `unpublish(kind)`, `mute(kind, muted)`,
+ * `setQuality(trackId, quality)`, `leave()`. Events: `joined` ({participant}), `participant.joined`
+ * / `participant.left` (Participant, and `reason` for the latter), `track` (RemoteTrack: a remote
+ * track's media arrived), `track.published` / `track.unpublished` (TrackInfo), `track.muted`
+ * ({track, muted}), `speaker` (participant id or null), `state` (the peer connection's state),
+ * `closed` ({code, message}: the server ended the call here; the client joins again by itself when
+ * the code is `moved`, `shutting_down` or `timeout` and the room is still joined).
+ *
+ * Negotiation follows docs/protocol.md: the client always offers; one offer at a time.
+ */
+export class Call extends Emitter {
+  /** This connection's participant id (null before `join()` completes). */
+  participant: string | null = null
+  /** Everyone in the call, this connection included. */
+  readonly participants = new Map<string, Participant>()
+  /** Every published track. */
+  readonly tracks = new Map<string, TrackInfo>()
+  /** The active speaker's participant id. */
+  speaker: string | null = null
+  /** The peer connection (for stats). */
+  pc: any = null
+  private active = false
+  private starting: Promise<void> | null = null
+  private readonly local = new Map<TrackKind, LocalTrack>()
+  private readonly remote = new Map<string, Receiving>()
+  private chain: Promise<void> = Promise.resolve()
+  private readonly PC: any
+
+  constructor (private readonly client: TandemClient, private readonly room: Room, private readonly opts: CallOptions) {
+    super()
+    this.PC = opts.RTCPeerConnection ?? (globalThis as any).RTCPeerConnection
+  }
+
+  /** Whether the application joined the call (and has not left it). */
+  get isActive (): boolean {
+    return this.active
+  }
+
+  /** Joins the call (the room must be joined). */
+  async join (): Promise<void> {
+    if (this.PC === undefined) throw new TandemError('bad_request', 'no RTCPeerConnection in this environment')
+    this.active = true
+    await this.start()
+  }
+
+  private start (): Promise<void> {
+    if (this.starting !== null) return this.starting
+    const run = async (): Promise<void> => {
+      const r = await this.client.request({ t: 'call.join', room: this.room.id })
+      this.teardown()
+      this.participant = r.participant
+      this.participants.clear()
+      for (const p of r.participants) this.participants.set(p.id, p)
+      this.tracks.clear()
+      for (const t of r.tracks) this.tracks.set(t.id, t)
+      const pc = new this.PC({ iceServers: [...(r.ice_servers ?? []), ...(this.opts.iceServers ?? [])], bundlePolicy: 'max-bundle' })
+      this.pc = pc
+      pc.ontrack = (e: any) => this.onTrack(e)
+      pc.onconnectionstatechange = () => this.emit('state', pc.connectionState)
+      pc.onicecandidate = (e: any) => {
+        if (e.candidate?.candidate) this.client.notify({ t: 'call.ice', room: this.room.id, candidate: e.candidate.candidate })
+      }
+      for (const l of this.local.values()) {
+        l.id = null
+        l.transceiver = this.addSender(l.kind, l.track)
+      }
+      this.emit('joined', { participant: this.participant })
+      for (const p of this.participants.values()) if (p.id !== this.participant) this.emit('participant.joined', p)
+      for (const t of this.tracks.values()) this.emit('track.published', t)
+      await this.negotiate()
+    }
+    const p = run().finally(() => { this.starting = null })
+    this.starting = p
+    return p
+  }
+
+  private addSender (kind: TrackKind, track: any): any {
+    const init: any = { direction: 'sendonly' }
+    if (kind === 'camera' && this.opts.simulcast !== false) {
+      init.sendEncodings = Array.isArray(this.opts.simulcast) ? this.opts.simulcast : DEFAULT_SIMULCAST
+    }
+    return this.pc.addTransceiver(track, init)
+  }
+
+  /** Publishes a local `MediaStreamTrack` as `kind` (replacing an earlier one of that kind). Resolves with the track id. */
+  async publish (track: any, kind: TrackKind): Promise<string> {
+    const old = this.local.get(kind)
+    if (old !== undefined) {
+      await old.transceiver?.sender.replaceTrack(track)
+      old.track = track
+      if (old.id !== null) return old.id
+    } else {
+      this.local.set(kind, { kind, track, transceiver: this.pc !== null ? this.addSender(kind, track) : null, id: null, muted: false })
+    }
+    if (this.pc === null) return ''
+    await this.negotiate()
+    return this.local.get(kind)?.id ?? ''
+  }
+
+  /** Stops publishing `kind`. */
+  async unpublish (kind: TrackKind): Promise<void> {
+    const l = this.local.get(kind)
+    if (l === undefined) return
+    this.local.delete(kind)
+    if (l.id !== null && this.pc !== null) {
+      await this.client.request({ t: 'track.unpublish', room: this.room.id, track: l.id }).catch(() => {})
+    }
+    try { l.transceiver?.stop() } catch {}
+    if (this.pc !== null) await this.negotiate()
+  }
+
+  /** Mutes (disables) or unmutes a published track and tells the call. */
+  async mute (kind: TrackKind, muted: boolean): Promise<void> {
+    const l = this.local.get(kind)
+    if (l === undefined) return
+    l.muted = muted
+    l.track.enabled = !muted
+    if (l.id !== null) await this.client.request({ t: 'track.mute', room: this.room.id, track: l.id, muted })
+  }
+
+  /** Changes the wanted quality of a subscribed track (`off` stops forwarding it). */
+  async setQuality (trackId: string, quality: Quality): Promise<void> {
+    const r = this.remote.get(trackId)
+    if (r === undefined) return
+    r.quality = quality
+    if (r.sent) await this.client.request({ t: 'track.subscribe', room: this.room.id, track: trackId, quality })
+  }
+
+  /** Leaves the call (local tracks are kept: stop them yourself). */
+  async leave (): Promise<void> {
+    if (!this.active) return
+    this.active = false
+    this.teardown()
+    if (this.client.isConnected) await this.client.request({ t: 'call.leave', room: this.room.id }).catch(() => {})
+    this.participant = null
+  }
+
+  private teardown (): void {
+    if (this.pc !== null) {
+      try { this.pc.close() } catch {}
+    }
+    this.pc = null
+    this.remote.clear()
+  }
+
+  /** One offer/answer round with the server, serialized with the others. */
+  private negotiate (): Promise<void> {
+    const next = this.chain.then(() => this.negotiateNow())
+    this.chain = next.catch(() => {})
+    return next
+  }
+
+  private async negotiateNow (): Promise<void> {
+    const pc = this.pc
+    if (pc === null) return
+    const auto = this.opts.autoSubscribe !== false
+    const fresh: Array<[string, Receiving]> = []
+    for (const t of this.tracks.values()) {
+      if (t.participant === this.participant || this.remote.has(t.id) || !auto) continue
+      const media = t.kind === 'camera' || t.kind === 'screen' ? 'video' : 'audio'
+      const r: Receiving = { transceiver: pc.addTransceiver(media, { direction: 'recvonly' }), quality: this.opts.quality ?? 'high', sent: false }
+      this.remote.set(t.id, r)
+      fresh.push([t.id, r])
+    }
+    for (const [id, r] of [...this.remote]) {
+      if (!this.tracks.has(id)) {
+        try { r.transceiver.stop() } catch {}
+        this.remote.delete(id)
+      }
+    }
+    // Nothing to send or receive yet: no offer (an empty one has no BUNDLE group).
+    if (pc.getTransceivers().length === 0) return
+    const offer = await pc.createOffer()
+    await pc.setLocalDescription(offer)
+    const publish = [...this.local.values()]
+      .filter((l) => l.id === null && l.transceiver?.mid != null)
+      .map((l) => ({ mid: l.transceiver.mid, kind: l.kind }))
+    const subscribe = fresh
+      .filter(([, r]) => r.transceiver.mid != null)
+      .map(([id, r]) => ({ mid: r.transceiver.mid, track: id, quality: r.quality }))
+    const a = await this.client.request({ t: 'call.offer', room: this.room.id, sdp: pc.localDescription.sdp, publish, subscribe })
+    if (this.pc !== pc) return
+    await pc.setRemoteDescription({ type: 'answer', sdp: a.sdp })
+    for (const l of this.local.values()) {
+      if (l.id === null && l.transceiver?.mid != null) l.id = `${this.participant ?? ''}-${String(l.transceiver.mid)}`
+    }
+    for (const [, r] of fresh) r.sent = true
+  }
+
+  private onTrack (e: any): void {
+    const mid = e.transceiver?.mid
+    for (const [id, r] of this.remote) {
+      if (r.transceiver.mid === mid) {
+        const info = this.tracks.get(id)
+        if (info === undefined) return
+        const MS = (globalThis as any).MediaStream
+        const stream = e.streams?.[0] ?? (MS !== undefined ? new MS([e.track]) : undefined)
+        r.stream = stream
+        this.emit('track', { info, track: e.track, stream } satisfies RemoteTrack)
+        return
+      }
+    }
+  }
+
+  /** @internal the room was joined (again): a call in progress restarts on the (new) owner. */
+  _roomJoined (): void {
+    if (this.active && this.pc === null && this.starting === null) {
+      this.start().catch((err) => this.emit('error', err))
+    }
+  }
+
+  /** @internal the room's socket dropped or the room closed: the call ends here until the rejoin. */
+  _roomLost (): void {
+    if (this.pc !== null) {
+      this.teardown()
+      this.emit('closed', { code: 'moved', message: 'the room is being rejoined' })
+    }
+  }
+
+  /** @internal */
+  _frame (m: any): void {
+    switch (m.t) {
+      case 'call.participant.joined':
+        this.participants.set(m.participant.id, m.participant)
+        this.emit('participant.joined', m.participant)
+        return
+      case 'call.participant.left': {
+        const p = this.participants.get(m.participant)
+        this.participants.delete(m.participant)
+        if (this.speaker === m.participant) this.speaker = null
+        this.emit('participant.left', { ...(p ?? { id: m.participant, user: '' }), reason: m.reason })
+        return
+      }
+      case 'track.published':
+        this.tracks.set(m.track.id, m.track)
+        this.emit('track.published', m.track)
+        if (m.track.participant !== this.participant && this.opts.autoSubscribe !== false) void this.negotiate().catch((err) => this.emit('error', err))
+        return
+      case 'track.unpublished': {
+        const t = this.tracks.get(m.track)
+        this.tracks.delete(m.track)
+        if (t !== undefined) this.emit('track.unpublished', t)
+        if (this.remote.has(m.track)) void this.negotiate().catch((err) => this.emit('error', err))
+        return
+      }
+      case 'track.muted': {
+        const t = this.tracks.get(m.track)
+        if (t !== undefined) t.muted = m.muted
+        this.emit('track.muted', { track: m.track, muted: m.muted })
+        return
+      }
+      case 'call.speaker':
+        this.speaker = m.participant
+        this.emit('speaker', m.participant)
+        return
+      case 'call.closed':
+        this.teardown()
+        this.emit('closed', { code: m.code, message: m.message })
+        if (this.active && ['moved', 'shutting_down', 'timeout'].includes(m.code)) {
+          setTimeout(() => { if (this.room.isJoined && this.client.isConnected) this._roomJoined() }, 300)
+        }
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
