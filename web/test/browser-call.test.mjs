@@ -2,7 +2,8 @@
 // the real `tandem dev`, using @tandem/client's `room.call()`: each decodes the other's video, a
 // screen share appears on the other side and goes away, leaving ends it.
 //
-// Needs Debian's chromium (/usr/bin/chromium, or $CHROMIUM); scripts/test installs it when missing.
+// Needs Debian's chromium (/usr/bin/chromium, or $CHROMIUM): scripts/test installs it when missing,
+// and the test fails without it. CALL_LOG=info,signaling=trace shows the SFU's decisions.
 
 import { describe, it, before, after, afterEach } from 'node:test'
 import assert from 'node:assert/strict'
@@ -39,9 +40,10 @@ function staticServer () {
   return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(server)))
 }
 
-describe('calls in a real browser', { skip: !existsSync(CHROMIUM) && `no Chromium at ${CHROMIUM}` }, () => {
+describe('calls in a real browser', () => {
   let server, pages, browser
   before(async () => {
+    assert.ok(existsSync(CHROMIUM), `no Chromium at ${CHROMIUM}: scripts/test installs Debian's chromium (or set CHROMIUM)`)
     server = await startAuthServer([], process.env.CALL_LOG ? { env: { RUST_LOG: process.env.CALL_LOG } } : {})
     pages = await staticServer()
     browser = await chromium.launch({
