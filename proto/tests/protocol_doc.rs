@@ -150,7 +150,9 @@ fn the_frame_tables_list_exactly_the_frame_types() {
             "track.published" => serde_json::json!({"t": t, "room": "r", "track": {"id": "p1-0",
                 "participant": "p1", "user": "u", "kind": "screen", "muted": false, "layers": []}}),
             "track.unpublished" => serde_json::json!({"t": t, "room": "r", "track": "p1-0"}),
-            "track.muted" => serde_json::json!({"t": t, "room": "r", "track": "p1-0", "muted": true}),
+            "track.muted" => {
+                serde_json::json!({"t": t, "room": "r", "track": "p1-0", "muted": true})
+            }
             "call.speaker" => serde_json::json!({"t": t, "room": "r", "participant": null}),
             _ => v,
         };

@@ -152,7 +152,11 @@ impl Published {
                     .is_some_and(|m| now.saturating_duration_since(m.seen) < LAYER_GONE)
             })
             .collect();
-        let mut l = if live.is_empty() { self.layers.clone() } else { live };
+        let mut l = if live.is_empty() {
+            self.layers.clone()
+        } else {
+            live
+        };
         if let (Some(first), Some(last)) = (l.first(), l.last()) {
             let (a, b) = (self.rate(Some(*first)), self.rate(Some(*last)));
             if b > 0 && a > b + b / 2 {

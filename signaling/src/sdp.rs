@@ -135,9 +135,15 @@ mod tests {
     fn every_section_lists_the_candidates_once_and_ends_them() {
         let answer = "v=0\r\na=group:BUNDLE 0 1\r\nm=video 9 UDP\r\na=candidate:1 1 udp 1 10.0.0.1 5000 typ host\r\na=mid:0\r\nm=audio 9 UDP\r\na=mid:1\r\n";
         let done = complete_candidates(answer);
-        assert_eq!(done.matches("a=candidate:1 1 udp 1 10.0.0.1 5000 typ host").count(), 2);
+        assert_eq!(
+            done.matches("a=candidate:1 1 udp 1 10.0.0.1 5000 typ host")
+                .count(),
+            2
+        );
         assert_eq!(done.matches("a=end-of-candidates").count(), 2);
-        assert!(done.ends_with("a=mid:1\r\na=candidate:1 1 udp 1 10.0.0.1 5000 typ host\r\na=end-of-candidates\r\n"));
+        assert!(done.ends_with(
+            "a=mid:1\r\na=candidate:1 1 udp 1 10.0.0.1 5000 typ host\r\na=end-of-candidates\r\n"
+        ));
     }
 
     #[test]
