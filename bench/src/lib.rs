@@ -5,11 +5,12 @@
 //! framing, timing tags), [`ws`] (WebSocket client), [`target`] (starting the servers under test),
 //! [`procstat`] (server CPU and RSS), [`scenario`] (the workloads, each a [`scenario::Scenario`],
 //! and [`scenario::run_and_report`], which runs one against each target), [`report`] (JSON,
-//! Markdown, SVG).
+//! Markdown, SVG), [`callpeer`] (a synthetic WebRTC call participant on str0m).
 
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod callpeer;
 pub mod procstat;
 pub mod report;
 pub mod scenario;

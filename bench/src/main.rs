@@ -9,7 +9,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use bench::scenario::{
-    self, chat_fanout, cold_load, doc_fanout, idle, presence_churn, reconnect, sweep, Scenario,
+    self, call, chat_fanout, cold_load, doc_fanout, idle, presence_churn, reconnect, sweep,
+    Scenario,
 };
 use bench::target::TargetOpts;
 use bench::wire::Dialect;
@@ -97,6 +98,10 @@ enum ScenarioCmd {
     /// One room of M members; T typists toggle typing and move a cursor R times/s each: frames and
     /// bytes each member receives per second (the presence/typing budget). Tandem and socketio.
     PresenceChurn(ChurnArgs),
+    /// P synthetic WebRTC participants (str0m) per room, camera (simulcast) + microphone each, all
+    /// subscribed to each other: forwarding latency through the SFU, frame loss, join time, server
+    /// CPU per forwarded stream.
+    Call(CallArgs),
 }
 
 #[derive(Args, Clone)]
@@ -215,6 +220,33 @@ struct ChatArgs {
 }
 
 #[derive(Args, Clone)]
+struct CallArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Participants per room.
+    #[arg(long)]
+    participants: Option<usize>,
+    /// Rooms (calls).
+    #[arg(long)]
+    rooms: Option<usize>,
+    /// Seconds of media measured after everyone joined.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// One video stream per camera instead of three simulcast layers.
+    #[arg(long)]
+    no_simulcast: bool,
+    /// Quality every subscriber asks of every camera: high, medium, low.
+    #[arg(long)]
+    quality: Option<String>,
+    /// Video frames per second.
+    #[arg(long)]
+    fps: Option<u32>,
+    /// Bytes per frame of the top video layer.
+    #[arg(long)]
+    video_bytes: Option<usize>,
+}
+
+#[derive(Args, Clone)]
 struct ChurnArgs {
     #[command(flatten)]
     common: Common,
@@ -256,6 +288,7 @@ struct ConfigFile {
     cold_load: Option<cold_load::Params>,
     chat_fanout: Option<chat_fanout::Params>,
     presence_churn: Option<presence_churn::Params>,
+    call: Option<call::Params>,
 }
 
 fn load_config(c: &Common) -> anyhow::Result<ConfigFile> {
@@ -370,6 +403,25 @@ async fn run_scenario(s: ScenarioCmd, compare: bool) -> anyhow::Result<()> {
             set(&mut p.messages, a.messages);
             set(&mut p.rate, a.rate);
             set(&mut p.grace, a.grace);
+            dispatch(p, &a.common, &cfg, compare).await
+        }
+        ScenarioCmd::Call(a) => {
+            let cfg = load_config(&a.common)?;
+            let mut p = cfg.call.clone().unwrap_or_default();
+            set(&mut p.participants, a.participants);
+            set(&mut p.rooms, a.rooms);
+            set(&mut p.duration, a.duration);
+            set(&mut p.fps, a.fps);
+            set(&mut p.video_bytes, a.video_bytes);
+            if a.no_simulcast {
+                p.simulcast = false;
+            }
+            if let Some(q) = a.quality.clone() {
+                if !matches!(q.as_str(), "high" | "medium" | "low") {
+                    anyhow::bail!("--quality {q}: expected high, medium or low");
+                }
+                p.quality = q;
+            }
             dispatch(p, &a.common, &cfg, compare).await
         }
         ScenarioCmd::PresenceChurn(a) => {

@@ -2,6 +2,7 @@
 //! serialisable outcome; its [`Scenario`] impl says how outcomes become a report, and
 //! [`run_and_report`] does the rest: start each target, run, stop, write the report.
 
+pub mod call;
 pub mod chat_fanout;
 pub mod cold_load;
 pub mod doc_fanout;
@@ -28,6 +29,8 @@ pub enum Protocol {
     Documents,
     /// Chat rooms: Tandem's `/v1` and the Socket.IO peer.
     Chat,
+    /// Calls: Tandem's `/v1` signaling and its SFU.
+    Call,
 }
 
 impl Protocol {
@@ -39,6 +42,7 @@ impl Protocol {
             (None, false, _) => "tandem",
             (None, true, Protocol::Documents) => "tandem,hocuspocus,y-websocket-server",
             (None, true, Protocol::Chat) => "tandem,socketio",
+            (None, true, Protocol::Call) => "tandem",
         };
         let kinds = list
             .split(',')
@@ -57,6 +61,14 @@ impl Protocol {
                         "{} has no chat: chat-fanout runs against tandem and socketio",
                         k.name()
                     );
+                }
+            }
+            Protocol::Call => {
+                if let Some(k) = kinds
+                    .iter()
+                    .find(|k| !matches!(k, Kind::Tandem | Kind::External(_)))
+                {
+                    bail!("{} has no calls here: call runs against tandem", k.name());
                 }
             }
             Protocol::Documents => {}
