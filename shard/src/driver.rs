@@ -200,22 +200,11 @@ pub fn spawn(
     media: Option<MediaSettings>,
 ) -> std::io::Result<LocalShard> {
     let (tx, rx) = mpsc::channel(8192);
+    // Call events come back in their order on a channel of their own (never full: a handful per
+    // join or leave, which the gateways rate-limit).
+    let (persist_tx, persist_rx) = mpsc::unbounded_channel();
     let media = match media {
-        Some(settings) => {
-            let back = tx.clone();
-            Some(crate::media::spawn(settings, move |p| {
-                let cmd = Cmd::CallEvent(Box::new(p));
-                match back.try_send(cmd) {
-                    Ok(()) => true,
-                    Err(mpsc::error::TrySendError::Full(cmd)) => {
-                        let back = back.clone();
-                        tokio::spawn(async move { back.send(cmd).await });
-                        true
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
-                }
-            })?)
-        }
+        Some(settings) => Some(crate::media::spawn(settings, persist_tx)?),
         None => None,
     };
     let (append_tx, append_rx) = mpsc::unbounded_channel();
@@ -245,7 +234,7 @@ pub fn spawn(
         owns: None,
         media: media.clone(),
     };
-    tokio::spawn(driver.run(rx));
+    tokio::spawn(driver.run(rx, persist_rx));
     Ok(LocalShard {
         handle: ShardHandle::new(id, Arc::new(LocalPort { tx: tx.clone() })),
         tx,
@@ -316,7 +305,11 @@ struct Driver {
 }
 
 impl Driver {
-    async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Cmd>,
+        mut calls: mpsc::UnboundedReceiver<Persist>,
+    ) {
         loop {
             // A small slack groups nearby timers into one wake-up.
             let deadline = match (self.core.poll_timeout(), self.rooms.poll_timeout()) {
@@ -326,6 +319,7 @@ impl Driver {
             .map(|d| d + Duration::from_millis(5));
             let cmd = tokio::select! {
                 cmd = rx.recv() => cmd,
+                Some(p) = calls.recv() => Some(Cmd::CallEvent(Box::new(p))),
                 _ = timer::sleep_until(deadline) => {
                     let now = Instant::now().into_std();
                     self.core.handle_timeout(now);
@@ -389,7 +383,7 @@ impl Driver {
                 self.rooms.handle_close(now, conn);
                 self.room_sinks.remove(&conn);
                 if let Some(m) = &self.media {
-                    m.try_send(MediaCmd::Close { conn });
+                    m.tell(MediaCmd::Close { conn });
                 }
             }
             Cmd::CallEvent(p) => {
@@ -429,7 +423,7 @@ impl Driver {
                     if !owns(&StreamId::Room(room.clone())) {
                         // The call first: its participants are told `moved`, not `left`.
                         if let Some(m) = &self.media {
-                            m.try_send(MediaCmd::Release {
+                            m.tell(MediaCmd::Release {
                                 room: room.clone(),
                                 code: ErrorCode::Moved,
                                 message: "the room moved to another shard: join the call again",
@@ -451,7 +445,7 @@ impl Driver {
             Cmd::Shutdown { done } => {
                 if let Some(m) = &self.media {
                     for room in self.rooms.room_ids() {
-                        m.try_send(MediaCmd::Release {
+                        m.tell(MediaCmd::Release {
                             room,
                             code: ErrorCode::ShuttingDown,
                             message: "the server is stopping: join the call again",
@@ -537,6 +531,9 @@ impl Driver {
                         ErrorCode::BadRequest,
                         "calls are not enabled on this server",
                     )),
+                    Some(_) if self.shutdown.is_some() => {
+                        Some((ErrorCode::ShuttingDown, "the server is stopping"))
+                    }
                     Some(_) if !self.rooms.is_member(&room, conn) => Some((
                         ErrorCode::UnknownRoom,
                         "this socket has not joined the room (join it before its call)",
@@ -716,7 +713,7 @@ impl Driver {
             }
             RoomOutput::Departed { conn, room } => {
                 if let Some(m) = &self.media {
-                    m.try_send(MediaCmd::Departed { conn, room });
+                    m.tell(MediaCmd::Departed { conn, room });
                 }
             }
             RoomOutput::Unloaded { .. } => self.metrics.rooms_loaded.dec(),

@@ -87,15 +87,23 @@ pub(crate) struct Persist {
 /// The shard driver's handle on its media driver.
 #[derive(Clone)]
 pub(crate) struct MediaHandle {
+    /// Requests (bounded: a full queue refuses with `limit`).
     tx: mpsc::Sender<MediaCmd>,
+    /// Departures, closes, releases: never dropped (each is one per membership, so bounded by them).
+    life: mpsc::UnboundedSender<MediaCmd>,
     /// The address put in answers as the host candidate.
     pub advertised: SocketAddr,
 }
 
 impl MediaHandle {
-    /// Queues a command; false when the media driver is saturated or gone.
+    /// Queues a request; false when the media driver is saturated or gone.
     pub fn try_send(&self, cmd: MediaCmd) -> bool {
         self.tx.try_send(cmd).is_ok()
+    }
+
+    /// Queues a departure, close or release (never refused while the driver runs).
+    pub fn tell(&self, cmd: MediaCmd) {
+        let _ = self.life.send(cmd);
     }
 
     /// The call core's counters.
@@ -106,10 +114,10 @@ impl MediaHandle {
     }
 }
 
-/// Binds the media socket and starts the media driver; call events go to `persist`.
+/// Binds the media socket and starts the media driver; call events go to `persist`, in order.
 pub(crate) fn spawn(
     settings: MediaSettings,
-    persist: impl Fn(Persist) -> bool + Send + 'static,
+    persist: mpsc::UnboundedSender<Persist>,
 ) -> std::io::Result<MediaHandle> {
     let std_socket = std::net::UdpSocket::bind(settings.listen)?;
     std_socket.set_nonblocking(true)?;
@@ -130,9 +138,22 @@ pub(crate) fn spawn(
     let seed = uuid::Uuid::now_v7().as_u64_pair().1;
     let core = CallCore::new(cfg, seed);
     let (tx, rx) = mpsc::channel(4096);
-    tokio::spawn(run(core, socket, advertised, settings.turn, rx, persist));
+    let (life, life_rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(
+        core,
+        socket,
+        advertised,
+        settings.turn,
+        rx,
+        life_rx,
+        persist,
+    ));
     tracing::info!(%bound, %advertised, "media socket bound");
-    Ok(MediaHandle { tx, advertised })
+    Ok(MediaHandle {
+        tx,
+        life,
+        advertised,
+    })
 }
 
 async fn run(
@@ -141,7 +162,8 @@ async fn run(
     advertised: SocketAddr,
     turn: Option<TurnConfig>,
     mut rx: mpsc::Receiver<MediaCmd>,
-    persist: impl Fn(Persist) -> bool,
+    mut life: mpsc::UnboundedReceiver<MediaCmd>,
+    persist: mpsc::UnboundedSender<Persist>,
 ) {
     let mut sinks: HashMap<ConnId, ConnSink> = HashMap::new();
     // One byte more than the largest datagram accepted: a longer one arrives truncated to exactly
@@ -151,6 +173,21 @@ async fn run(
     loop {
         let deadline = core.poll_timeout();
         tokio::select! {
+            // Lifecycle first: a departure queued before a request is handled before it.
+            biased;
+            cmd = life.recv() => {
+                let Some(cmd) = cmd else { break };
+                let now = Instant::now().into_std();
+                match cmd {
+                    MediaCmd::Departed { conn, room } => core.handle_departed(now, conn, &room),
+                    MediaCmd::Close { conn } => {
+                        core.handle_close(now, conn);
+                        sinks.remove(&conn);
+                    }
+                    MediaCmd::Release { room, code, message } => core.handle_release(now, &room, code, message),
+                    _ => {}
+                }
+            }
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { break };
                 let now = Instant::now().into_std();
@@ -196,11 +233,14 @@ async fn run(
                     actor,
                     payload,
                 } => {
-                    if !persist(Persist {
-                        room,
-                        actor,
-                        payload,
-                    }) {
+                    if persist
+                        .send(Persist {
+                            room,
+                            actor,
+                            payload,
+                        })
+                        .is_err()
+                    {
                         tracing::warn!("shard driver gone: call event not recorded");
                     }
                 }

@@ -22,7 +22,7 @@ use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::SdpOffer;
 use str0m::media::{KeyframeRequestKind, MediaData, MediaTime, Mid, Rid};
 use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
 
 use crate::config::CallConfig;
 use crate::sdp::{self, Section};
@@ -209,6 +209,12 @@ struct Participant<C> {
     estimate: u64,
     tokens: f64,
     refilled: Instant,
+    /// The local ICE username fragment (STUN from a new address is routed by it).
+    ufrag: String,
+    /// Source addresses this participant's media came from, oldest first (at most `MAX_ADDRS`).
+    addrs: VecDeque<SocketAddr>,
+    /// Remote candidates trickled with `call.ice`.
+    candidates: usize,
 }
 
 struct Call {
@@ -223,6 +229,14 @@ struct Call {
 const TICK: Duration = Duration::from_millis(200);
 /// Key frames are asked of one layer at most this often.
 const KEYFRAME_THROTTLE: Duration = Duration::from_millis(300);
+/// Source addresses remembered per participant (a network change adds one).
+const MAX_ADDRS: usize = 4;
+/// Remote candidates one participant may trickle.
+const MAX_CANDIDATES: usize = 32;
+/// `call.join`s per connection: a burst of this many, then one a second.
+const JOIN_BURST: f64 = 5.0;
+/// Longest mid accepted (str0m's `Mid` holds 16 bytes).
+const MAX_MID: usize = 16;
 /// A simulcast layer with no media for this long is not chosen for subscribers.
 const LAYER_GONE: Duration = Duration::from_secs(1);
 /// How much louder (dB) a voice must be than the active speaker's to take over.
@@ -239,6 +253,9 @@ pub struct CallCore<C> {
     parts: BTreeMap<u64, Participant<C>>,
     by_conn: HashMap<(C, RoomId), u64>,
     by_addr: HashMap<SocketAddr, u64>,
+    by_ufrag: HashMap<String, u64>,
+    /// `call.join` budget per connection (joins append events to the room's log).
+    join_budget: HashMap<C, (f64, Instant)>,
     out: VecDeque<CallOutput<C>>,
     dirty: BTreeSet<u64>,
     tick_at: Option<Instant>,
@@ -259,6 +276,8 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
             parts: BTreeMap::new(),
             by_conn: HashMap::new(),
             by_addr: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            join_budget: HashMap::new(),
             out: VecDeque::new(),
             dirty: BTreeSet::new(),
             tick_at: None,
@@ -436,6 +455,10 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
                         refuse(ErrorCode::BadRequest, format!("ICE candidate: {e}"))
                     })?;
                     if let Some(p) = self.parts.get_mut(&pid) {
+                        if p.candidates >= MAX_CANDIDATES {
+                            return Err(refuse(ErrorCode::Limit, "ICE candidates per participant"));
+                        }
+                        p.candidates += 1;
                         p.rtc.add_remote_candidate(cand);
                         self.dirty.insert(pid);
                     }
@@ -448,9 +471,7 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
                 if p.access < Access::Write {
                     return Err(forbidden_publish());
                 }
-                if publish.mid.is_empty() || publish.mid.len() > 32 {
-                    return Err(refuse(ErrorCode::BadRequest, "mid must be 1 to 32 bytes"));
-                }
+                check_mid(&publish.mid)?;
                 if p.declared.len() >= self.cfg.max_tracks * 4 {
                     return Err(refuse(ErrorCode::Limit, "declared m-lines"));
                 }
@@ -477,6 +498,12 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
                         "not subscribed to this track (subscribe in call.offer)",
                     ));
                 };
+                if s.quality == Quality::Off && quality != Quality::Off {
+                    // Forwarding resumes on a key frame.
+                    s.started = false;
+                    s.current = None;
+                    s.target = None;
+                }
                 s.quality = quality;
                 self.allocate(now, pid);
                 self.ok(conn, rid);
@@ -517,11 +544,21 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
                 "this connection is already in the call (call.leave first)",
             ));
         }
+        let (tokens, at) = self.join_budget.entry(conn).or_insert((JOIN_BURST, now));
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64()).min(JOIN_BURST);
+        *at = now;
+        if *tokens < 1.0 {
+            return Err(refuse(ErrorCode::Limit, "call joins per second"));
+        }
+        *tokens -= 1.0;
         let size = self.calls.get(room).map_or(0, |c| c.parts.len());
         if size >= self.cfg.max_participants {
             return Err(refuse(ErrorCode::Limit, "participants in this call"));
         }
+        let creds = IceCreds::new();
+        let ufrag = creds.ufrag.clone();
         let mut rtc = Rtc::builder()
+            .set_local_ice_credentials(creds)
             .set_ice_lite(true)
             .enable_bwe(Some(Bitrate::bps(self.cfg.initial_bitrate)))
             .build(now);
@@ -573,9 +610,13 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
                 estimate: self.cfg.initial_bitrate,
                 tokens: rate,
                 refilled: now,
+                ufrag: ufrag.clone(),
+                addrs: VecDeque::new(),
+                candidates: 0,
             },
         );
         self.by_conn.insert((conn, room.clone()), id);
+        self.by_ufrag.insert(ufrag, id);
         self.persist(
             room,
             &user,
@@ -652,6 +693,7 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
         }
         let mut mids: BTreeSet<String> = BTreeSet::new();
         for p in &publish {
+            check_mid(&p.mid)?;
             if !mids.insert(p.mid.clone()) {
                 return Err(refuse(ErrorCode::BadRequest, "a mid is listed twice"));
             }
@@ -670,6 +712,12 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
             }
             declared.insert(p.mid.clone(), p.kind);
         }
+        // Declarations only for m-lines of this offer (a declared mid that left the description is
+        // forgotten), and a bounded number of them.
+        declared.retain(|mid, _| sections.iter().any(|s| s.mid == *mid));
+        if declared.len() > self.cfg.max_tracks * 2 {
+            return Err(refuse(ErrorCode::Limit, "declared m-lines"));
+        }
         let publishing = sections
             .iter()
             .filter(|s| s.sends && declared.contains_key(&s.mid))
@@ -679,6 +727,7 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
         }
         let mut wanted: Vec<(Subscribe, u64, Mid, bool)> = Vec::new();
         for s in subscribe {
+            check_mid(&s.mid)?;
             if !mids.insert(s.mid.clone()) {
                 return Err(refuse(ErrorCode::BadRequest, "a mid is listed twice"));
             }
@@ -716,11 +765,15 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
         let offer = SdpOffer::from_sdp_string(sdp)
             .map_err(|e| refuse(ErrorCode::BadRequest, format!("SDP: {e}")))?;
         let p = self.parts.get_mut(&pid).ok_or_else(gone)?;
-        let answer = p
-            .rtc
-            .sdp_api()
-            .accept_offer(offer)
-            .map_err(|e| refuse(ErrorCode::BadRequest, format!("offer refused: {e}")))?;
+        let answer = match p.rtc.sdp_api().accept_offer(offer) {
+            Ok(a) => a,
+            Err(e) => {
+                // str0m may have given up on the peer connection (no fingerprint): the next drain
+                // removes a participant whose connection died.
+                self.dirty.insert(pid);
+                return Err(refuse(ErrorCode::BadRequest, format!("offer refused: {e}")));
+            }
+        };
         p.declared = declared;
         // Subscriptions: new entries replace whatever the m-line carried; m-lines that stopped
         // receiving drop theirs.
@@ -854,7 +907,10 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
         };
         p.rtc.disconnect();
         self.by_conn.remove(&(p.conn, p.room.clone()));
-        self.by_addr.retain(|_, v| *v != pid);
+        for a in &p.addrs {
+            self.by_addr.remove(a);
+        }
+        self.by_ufrag.remove(&p.ufrag);
         self.dirty.remove(&pid);
         if let Some((code, message)) = closed {
             let frame = Frame::CallClosed {
@@ -869,8 +925,12 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
             return;
         };
         call.parts.remove(&pid);
-        if call.speaker == Some(pid) {
+        let speaker_left = call.speaker == Some(pid);
+        if speaker_left {
             call.speaker = None;
+        }
+        if let Some(l) = &mut call.loudest {
+            l.retain(|t| !p.published.iter().any(|x| x.id == *t));
         }
         let call_id = call.id.clone();
         let empty = call.parts.is_empty();
@@ -908,6 +968,13 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
             reason: reason.to_owned(),
         };
         self.broadcast(&room, &frame, None);
+        if speaker_left {
+            let frame = Frame::CallSpeaker {
+                room: room.clone(),
+                participant: None,
+            };
+            self.broadcast(&room, &frame, None);
+        }
         if empty {
             self.calls.remove(&room);
             self.persist(
@@ -940,6 +1007,7 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
         for pid in pids {
             self.remove(now, pid, "closed", None);
         }
+        self.join_budget.remove(&conn);
         self.flush(now);
     }
 
@@ -953,7 +1021,10 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
             if let Some(mut p) = self.parts.remove(&pid) {
                 p.rtc.disconnect();
                 self.by_conn.remove(&(p.conn, p.room.clone()));
-                self.by_addr.retain(|_, v| *v != pid);
+                for a in &p.addrs {
+                    self.by_addr.remove(a);
+                }
+                self.by_ufrag.remove(&p.ufrag);
                 self.dirty.remove(&pid);
                 let frame = Frame::CallClosed {
                     room: room.clone(),
@@ -992,39 +1063,35 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
                 contents,
             },
         );
-        let known = self
-            .by_addr
-            .get(&source)
-            .copied()
-            .filter(|pid| self.parts.get(pid).is_some_and(|p| p.rtc.accepts(&input)));
-        let pid = known.or_else(|| {
-            self.parts
-                .iter()
-                .find(|(_, p)| p.rtc.accepts(&input))
-                .map(|(pid, _)| *pid)
-        });
-        let Some(pid) = pid else {
+        // A known address goes to its participant; STUN from a new address to the participant its
+        // username names (never a scan over every participant); anything else is dropped.
+        let pid = match self.by_addr.get(&source).copied() {
+            Some(pid) => Some(pid),
+            None => stun_ufrag(data).and_then(|u| self.by_ufrag.get(u).copied()),
+        };
+        let Some(pid) =
+            pid.filter(|pid| self.parts.get(pid).is_some_and(|p| p.rtc.accepts(&input)))
+        else {
             tracing::trace!(%source, len = data.len(), "datagram nobody accepts: dropped");
             self.stats.datagrams_dropped += 1;
             return;
         };
-        if known.is_none() {
-            tracing::debug!(participant = pid, %source, "media from a new address");
-        }
-        self.by_addr.insert(source, pid);
-        let failed = match self.parts.get_mut(&pid) {
-            Some(p) => p.rtc.handle_input(input).is_err(),
-            None => false,
-        };
-        if failed {
-            // str0m refuses the peer's traffic for good: drop the participant, not the shard.
-            self.remove(
-                now,
-                pid,
-                "closed",
-                Some((ErrorCode::BadRequest, "media error")),
-            );
-        } else {
+        if let Some(p) = self.parts.get_mut(&pid) {
+            if !p.addrs.contains(&source) {
+                tracing::debug!(participant = %p.name, %source, "media from a new address");
+                p.addrs.push_back(source);
+                self.by_addr.insert(source, pid);
+                if p.addrs.len() > MAX_ADDRS {
+                    if let Some(old) = p.addrs.pop_front() {
+                        self.by_addr.remove(&old);
+                    }
+                }
+            }
+            // A datagram str0m refuses (a corrupt or spoofed packet) is dropped; only a dead peer
+            // connection removes the participant.
+            if p.rtc.handle_input(input).is_err() {
+                self.stats.datagrams_dropped += 1;
+            }
             self.dirty.insert(pid);
         }
         self.flush(now);
@@ -1035,8 +1102,8 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
         let mut drop: Vec<(u64, &'static str, &'static str)> = Vec::new();
         for (pid, p) in self.parts.iter_mut() {
             if p.next <= now {
-                if p.rtc.handle_input(Input::Timeout(now)).is_err() {
-                    drop.push((*pid, "closed", "media error"));
+                if p.rtc.handle_input(Input::Timeout(now)).is_err() && !p.rtc.is_alive() {
+                    drop.push((*pid, "closed", "the media connection closed"));
                     continue;
                 }
                 self.dirty.insert(*pid);
@@ -1288,15 +1355,17 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
                 }
             }
         }
+        let closed = events.iter().any(|e| matches!(e, Event::Closed));
         for e in events {
             self.event(now, pid, e);
         }
-        if failed {
+        let dead = self.parts.get(&pid).is_some_and(|p| !p.rtc.is_alive());
+        if failed || closed || dead {
             self.remove(
                 now,
                 pid,
                 "closed",
-                Some((ErrorCode::BadRequest, "media error")),
+                Some((ErrorCode::BadRequest, "the media connection closed")),
             );
         }
     }
@@ -1447,6 +1516,43 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
             self.request_keyframe(now, src, d.mid, rid);
         }
     }
+}
+
+/// A mid as str0m keeps it: 1 to 16 ASCII letters and digits (browsers use `0`, `1`, …).
+fn check_mid(mid: &str) -> Result<(), Refusal> {
+    let ok = !mid.is_empty()
+        && mid.len() <= MAX_MID
+        && mid.bytes().all(|b| b.is_ascii_alphanumeric())
+        && Mid::from(mid).to_string() == mid;
+    if ok {
+        Ok(())
+    } else {
+        Err(refuse(
+            ErrorCode::BadRequest,
+            "a mid is 1 to 16 ASCII letters and digits",
+        ))
+    }
+}
+
+/// The local username fragment a STUN binding request is for (`USERNAME` = `local:remote`), if
+/// `data` is one.
+fn stun_ufrag(data: &[u8]) -> Option<&str> {
+    // A STUN message: two zero bits, the magic cookie, 20-byte header, then attributes.
+    if data.len() < 20 || data[0] & 0xc0 != 0 || data[4..8] != [0x21, 0x12, 0xa4, 0x42] {
+        return None;
+    }
+    let mut at = 20;
+    while at + 4 <= data.len() {
+        let kind = u16::from_be_bytes([data[at], data[at + 1]]);
+        let len = usize::from(u16::from_be_bytes([data[at + 2], data[at + 3]]));
+        let value = data.get(at + 4..at + 4 + len)?;
+        if kind == 0x0006 {
+            let name = std::str::from_utf8(value).ok()?;
+            return name.split(':').next();
+        }
+        at += 4 + len.div_ceil(4) * 4;
+    }
+    None
 }
 
 fn unreachable_join() -> Result<(), Refusal> {

@@ -491,3 +491,49 @@ fn twenty_participants_with_camera_mic_and_one_screen_share() {
     }
     assert_eq!(net.core.stats().participants, N);
 }
+
+#[test]
+fn joins_are_rate_limited_per_connection() {
+    let mut net = Net::new(CallConfig::default());
+    let a = net.client("ada");
+    // A join/leave loop would append four events per round to the room's log: a burst of five
+    // joins, then `limit`.
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        let id = net.request(a, Access::Read, CallRequest::Join);
+        codes.push(net.reply(a, &id)["t"].as_str().unwrap().to_owned());
+        net.request(a, Access::Read, CallRequest::Leave);
+    }
+    assert_eq!(
+        codes,
+        ["call.joined"; 5]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["error".to_string()])
+            .collect::<Vec<_>>()
+    );
+    // A second later there is budget again.
+    net.now += Duration::from_secs(1);
+    let id = net.request(a, Access::Read, CallRequest::Join);
+    assert_eq!(net.reply(a, &id)["t"], "call.joined");
+}
+
+#[test]
+fn mids_must_be_what_str0m_keeps() {
+    let mut net = Net::new(CallConfig::default());
+    let a = net.client("ada");
+    net.join(a, Access::Write);
+    for mid in ["", "a b", "x".repeat(17).as_str(), "ü"] {
+        let id = net.request(
+            a,
+            Access::Write,
+            CallRequest::Publish {
+                publish: proto::v1::Publish {
+                    mid: mid.to_owned(),
+                    kind: TrackKind::Camera,
+                },
+            },
+        );
+        assert_eq!(net.reply(a, &id)["code"], "bad_request", "mid {mid:?}");
+    }
+}

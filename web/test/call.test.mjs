@@ -8,8 +8,8 @@ import { execFile } from 'node:child_process'
 import dgram from 'node:dgram'
 import { resolve, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { dumpLogsOnFailure } from './server.mjs'
-import { startAuthServer, token, raw } from '../client/test/helpers.mjs'
+import { dumpLogsOnFailure, makeDataDir } from './server.mjs'
+import { startAuthServer, token, raw, waitFor } from '../client/test/helpers.mjs'
 
 const here = dirname(fileURLToPath(import.meta.url))
 const PEERS = resolve(here, '..', '..', 'signaling', 'e2e', 'aiortc_peers.py')
@@ -137,5 +137,43 @@ describe('calls', () => {
     s.send({ t: 'track.publish', id: 'tp', room, mid: '0', kind: 'camera' })
     assert.equal((await s.reply('tp')).code, 'forbidden')
     s.close()
+  })
+
+  it('a call interrupted by a crash is closed in the log by the next owner', async () => {
+    const dataDir = makeDataDir()
+    let crashy = await startAuthServer([], { dataDir })
+    const listen = `127.0.0.1:${crashy.port}`
+    const room = `crash-${Date.now()}`
+    const history = async (srv) => {
+      const s = raw(srv, await token('eve', ['*=read']))
+      await s.opened
+      s.send({ t: 'join', id: 'j', room })
+      await s.reply('j')
+      s.send({ t: 'history', id: 'h', room, limit: 50 })
+      const h = await s.reply('h')
+      s.close()
+      return h.events.filter((e) => e.type.startsWith('call.'))
+    }
+    try {
+      const s = raw(crashy, await token('ada'))
+      await s.opened
+      s.send({ t: 'join', id: 'j', room })
+      await s.reply('j')
+      s.send({ t: 'call.join', id: 'c', room })
+      assert.equal((await s.reply('c')).t, 'call.joined')
+      await waitFor(async () => (await history(crashy)).length === 2, 10_000, 'call.started and the join committed')
+      await crashy.kill()
+      crashy = await startAuthServer([], { dataDir, listen })
+      const events = await waitFor(async () => {
+        const e = await history(crashy)
+        return e.length === 4 ? e : null
+      }, 10_000, 'the interrupted call closed')
+      assert.deepEqual(events.map((e) => e.type), ['call.started', 'call.participant.joined', 'call.participant.left', 'call.ended'])
+      assert.equal(events[2].payload.reason, 'interrupted')
+      assert.equal(events[2].actor, 'ada')
+      assert.equal(events[3].payload.call, events[0].payload.call)
+    } finally {
+      await crashy.kill()
+    }
   })
 })

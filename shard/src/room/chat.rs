@@ -162,6 +162,9 @@ pub(super) struct RoomSnapshot {
     pub v: u32,
     pub window: Vec<Event>,
     pub present: Vec<UserId>,
+    /// The call open in the log, if any (absent in snapshots written before calls existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<super::calls::OpenCall>,
 }
 
 /// The newest `limit` events of a room's stream from its snapshot (which holds the window) and tail,

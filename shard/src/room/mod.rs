@@ -4,7 +4,8 @@
 //! Same contract as [`crate::core::ShardCore`]: inputs through `handle_*(now, …)`, results through
 //! [`RoomCore::poll_output`], the next deadline through [`RoomCore::poll_timeout`]; no clock, no IO.
 //! By concern: [`chat`] (the window of committed events, idempotency, resume), [`presence`] (members,
-//! entries per user, ghosts), [`typing`] (indicators); the load / append / snapshot / unload
+//! entries per user, ghosts), [`typing`] (indicators), `calls` (the call open in the log, closed by
+//! a new owner when its previous owner could not); the load / append / snapshot / unload
 //! lifecycle is [`crate::lifecycle`], shared with documents.
 //!
 //! Invariants kept here:
@@ -17,6 +18,7 @@
 //! * Budgets: presence and typing changes are gathered per room and broadcast at most once per
 //!   `presence_flush` each, however many members chatter.
 
+mod calls;
 mod chat;
 mod presence;
 mod typing;
@@ -172,6 +174,8 @@ struct RoomState {
     /// When the coalesced presence/typing broadcast is due, and when the last one went out.
     flush_at: Option<Instant>,
     last_flush: Option<Instant>,
+    /// The call open in the log (committed events only).
+    call: Option<calls::OpenCall>,
 }
 
 impl RoomState {
@@ -183,6 +187,7 @@ impl RoomState {
             window: Window::new(history_window),
             flush_at: None,
             last_flush: None,
+            call: None,
         }
     }
 
@@ -793,11 +798,13 @@ impl RoomCore {
         };
         let mut events: Vec<Event> = Vec::new();
         let mut present: BTreeSet<UserId> = BTreeSet::new();
+        let mut open_call = None;
         if let Some(s) = &loaded.snapshot {
             match serde_json::from_slice::<RoomSnapshot>(&s.state) {
                 Ok(snap) => {
                     events = snap.window;
                     present = snap.present.into_iter().collect();
+                    open_call = snap.call;
                 }
                 Err(e) => {
                     tracing::error!(%room, error = %e, "room snapshot unreadable");
@@ -807,6 +814,7 @@ impl RoomCore {
             }
         }
         for e in &loaded.tail {
+            calls::apply(&mut open_call, &e.payload);
             match &e.payload {
                 EventPayload::UserJoined(p) => {
                     present.insert(p.user.clone());
@@ -828,6 +836,13 @@ impl RoomCore {
             loaded.tail.len() as u64,
             attached,
         );
+        // A call the log shows open was interrupted (its owner crashed, moved or restarted): it is
+        // closed in the log before anyone can start the next one.
+        if let Some(open) = open_call {
+            for (actor, payload) in calls::closing(&open) {
+                self.append(room, actor, payload, None);
+            }
+        }
         for q in queued {
             let (conn, rid) = (q.conn, q.rid.clone());
             if let Err(e) = self.process(now, q, room) {
@@ -876,6 +891,7 @@ impl RoomCore {
             EventPayload::UserLeft(p) => r.roster.committed(&p.user, false),
             _ => {}
         }
+        calls::apply(&mut r.call, &event.payload);
         let committed = Committed::new(event);
         let frame: Arc<[u8]> = Frame::Event {
             room: room.clone(),
@@ -915,6 +931,7 @@ impl RoomCore {
             v: 1,
             window: r.window.events(),
             present: r.roster.committed_present.iter().cloned().collect(),
+            call: r.call.clone(),
         };
         let state = serde_json::to_vec(&snap).expect("room snapshots always serialize");
         self.out.push_back(RoomOutput::Snapshot {

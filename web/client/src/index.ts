@@ -816,6 +816,8 @@ export class Call extends Emitter {
   pc: any = null
   private active = false
   private starting: Promise<void> | null = null
+  /** A restart was asked while a start ran: start again when it ends. */
+  private restartPending = false
   private readonly local = new Map<TrackKind, LocalTrack>()
   private readonly remote = new Map<string, Receiving>()
   private chain: Promise<void> = Promise.resolve()
@@ -842,6 +844,11 @@ export class Call extends Emitter {
     if (this.starting !== null) return this.starting
     const run = async (): Promise<void> => {
       const r = await this.client.request({ t: 'call.join', room: this.room.id })
+      if (!this.active) {
+        // Left while joining.
+        await this.client.request({ t: 'call.leave', room: this.room.id }).catch(() => {})
+        return
+      }
       this.teardown()
       this.participant = r.participant
       this.participants.clear()
@@ -864,7 +871,13 @@ export class Call extends Emitter {
       for (const t of this.tracks.values()) this.emit('track.published', t)
       await this.negotiate()
     }
-    const p = run().finally(() => { this.starting = null })
+    const p = run().finally(() => {
+      this.starting = null
+      if (this.restartPending) {
+        this.restartPending = false
+        this._roomJoined()
+      }
+    })
     this.starting = p
     return p
   }
@@ -949,14 +962,14 @@ export class Call extends Emitter {
     const pc = this.pc
     if (pc === null) return
     const auto = this.opts.autoSubscribe !== false
-    const fresh: Array<[string, Receiving]> = []
     for (const t of this.tracks.values()) {
       if (t.participant === this.participant || this.remote.has(t.id) || !auto) continue
       const media = t.kind === 'camera' || t.kind === 'screen' ? 'video' : 'audio'
       const r: Receiving = { transceiver: pc.addTransceiver(media, { direction: 'recvonly' }), quality: this.opts.quality ?? 'high', sent: false }
       this.remote.set(t.id, r)
-      fresh.push([t.id, r])
     }
+    // Every receiver the server has not accepted yet is named (again) in this offer.
+    const fresh: Array<[string, Receiving]> = [...this.remote].filter(([, r]) => !r.sent)
     for (const [id, r] of [...this.remote]) {
       if (!this.tracks.has(id)) {
         try { r.transceiver.stop() } catch {}
@@ -973,7 +986,22 @@ export class Call extends Emitter {
     const subscribe = fresh
       .filter(([, r]) => r.transceiver.mid != null)
       .map(([id, r]) => ({ mid: r.transceiver.mid, track: id, quality: r.quality }))
-    const a = await this.client.request({ t: 'call.offer', room: this.room.id, sdp: pc.localDescription.sdp, publish, subscribe })
+    // A restart replaced the peer connection meanwhile: this offer is stale.
+    if (this.pc !== pc) return
+    let a: any
+    try {
+      a = await this.client.request({ t: 'call.offer', room: this.room.id, sdp: pc.localDescription.sdp, publish, subscribe })
+    } catch (err: any) {
+      if (err?.code === 'forbidden') {
+        // Publishing without write access: the local tracks are dropped, so that later offers
+        // (subscriptions) go through.
+        for (const l of [...this.local.values()].filter((l) => l.id === null)) {
+          this.local.delete(l.kind)
+          try { l.transceiver?.stop() } catch {}
+        }
+      }
+      throw err
+    }
     if (this.pc !== pc) return
     await pc.setRemoteDescription({ type: 'answer', sdp: a.sdp })
     for (const l of this.local.values()) {
@@ -999,9 +1027,16 @@ export class Call extends Emitter {
 
   /** @internal the room was joined (again): a call in progress restarts on the (new) owner. */
   _roomJoined (): void {
-    if (this.active && this.pc === null && this.starting === null) {
-      this.start().catch((err) => this.emit('error', err))
+    if (!this.active || this.pc !== null) return
+    if (this.starting !== null) {
+      this.restartPending = true
+      return
     }
+    this.start().catch((err) => {
+      this.emit('error', err)
+      // Not in the room yet (the move is still under way), or a transient refusal: try again.
+      setTimeout(() => { if (this.room.isJoined && this.client.isConnected) this._roomJoined() }, 1000)
+    })
   }
 
   /** @internal the room's socket dropped or the room closed: the call ends here until the rejoin. */
