@@ -61,6 +61,8 @@ pub struct PeerStats {
     pub last_frame: Option<Instant>,
     /// Longest time without any media frame after the first one (failover gaps).
     pub longest_gap: Duration,
+    /// Every pause in received media longer than `GAP` (at most 256 kept): a failover shows as one.
+    pub gaps: Vec<Duration>,
     /// Times the peer joined the call (1 + rejoins after moves or timeouts).
     pub joins: u32,
     pub errors: Vec<String>,
@@ -77,6 +79,9 @@ impl PeerStats {
 }
 
 pub type Shared = Arc<Mutex<PeerStats>>;
+
+/// A pause in received media longer than this counts as a gap (frames come every 20 ms).
+pub const GAP: Duration = Duration::from_millis(250);
 
 const KIND_VIDEO: u8 = 1;
 const KIND_AUDIO: u8 = 2;
@@ -306,6 +311,9 @@ async fn call(
                                     let gap = now.saturating_duration_since(last);
                                     if gap > s.longest_gap {
                                         s.longest_gap = gap;
+                                    }
+                                    if gap > GAP && s.gaps.len() < 256 {
+                                        s.gaps.push(gap);
                                     }
                                 }
                                 s.last_frame = Some(now);

@@ -32,17 +32,21 @@ pub enum Scenario {
     /// `tandem ctl shard drain` a random shard under load (checked against `ring plan`), then
     /// restart it (it rejoins and takes its keys back).
     Drain,
+    /// A call of synthetic WebRTC participants in a chat room; SIGKILL the room's owner, restart
+    /// it: participants rejoin the call on the new owner (and back), the media gap is measured.
+    CallOwnerKill,
 }
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::ShardKill,
         Scenario::ShardPause,
         Scenario::GatewayKill,
         Scenario::RedisRestart,
         Scenario::PostgresRestart,
         Scenario::Drain,
+        Scenario::CallOwnerKill,
     ];
 
     /// The command-line name.
@@ -54,6 +58,7 @@ impl Scenario {
             Scenario::RedisRestart => "redis-restart",
             Scenario::PostgresRestart => "postgres-restart",
             Scenario::Drain => "drain",
+            Scenario::CallOwnerKill => "call-owner-kill",
         }
     }
 
@@ -120,6 +125,12 @@ pub struct Outcome {
     /// Appends the store refused for a stale epoch (a fenced-out owner tried to write), from the
     /// shard logs.
     pub fenced_appends: u64,
+    /// call-owner-kill: every pause in a participant's received media (ms), failovers included.
+    pub media_gaps_ms: Vec<f64>,
+    /// call-owner-kill: participants whose media was not flowing at the end of the run.
+    pub call_stalled: u64,
+    /// call-owner-kill: times participants joined the call (first joins and rejoins).
+    pub call_joins: u64,
 }
 
 impl Outcome {
@@ -130,17 +141,17 @@ impl Outcome {
             && self.unrecovered == 0
             && self.stuck_clients == 0
             && self.client_gaps == 0
+            && self.call_stalled == 0
+    }
+
+    /// A percentile of the media gaps (0 when there are none).
+    pub fn media_gap(&self, p: f64) -> f64 {
+        percentile(&self.media_gaps_ms, p)
     }
 
     /// A percentile of the recovery times (0 when there are none).
     pub fn recovery(&self, p: f64) -> f64 {
-        if self.recovery_ms.is_empty() {
-            return 0.0;
-        }
-        let mut v = self.recovery_ms.clone();
-        v.sort_by(|a, b| a.total_cmp(b));
-        let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
-        v[i.min(v.len() - 1)]
+        percentile(&self.recovery_ms, p)
     }
 
     /// The summary line.
@@ -166,8 +177,28 @@ impl Outcome {
             self.fenced_appends,
             self.connects,
             self.resets,
-        )
+        ) + &if self.call_joins > 0 {
+            format!(
+                " call_joins={} media_gap_p50_ms={:.0} media_gap_p99_ms={:.0} call_stalled={}",
+                self.call_joins,
+                self.media_gap(50.0),
+                self.media_gap(99.0),
+                self.call_stalled
+            )
+        } else {
+            String::new()
+        }
     }
+}
+
+fn percentile(samples: &[f64], p: f64) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    let mut v = samples.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+    v[i.min(v.len() - 1)]
 }
 
 struct Fault {
@@ -245,8 +276,36 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Outcome> {
             )));
         }
     }
-    // Warm up: every key loaded and acknowledging.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // call-owner-kill: a call in room 0 (where chat clients talk too), one participant per gateway
+    // and one more.
+    let mut call_peers = Vec::new();
+    if cfg.scenario == Scenario::CallOwnerKill {
+        for i in 0..3 {
+            let port = cluster.gateway_ports[i % cluster.gateway_ports.len()];
+            let pc = bench::callpeer::PeerConfig {
+                url: format!("ws://127.0.0.1:{port}/v1"),
+                token: None,
+                room: room_name(0),
+                index: i as u32,
+                video: true,
+                audio: true,
+                simulcast: false,
+                quality: "high".into(),
+                fps: 15,
+                video_bytes: 600,
+            };
+            let stats: bench::callpeer::Shared = Arc::default();
+            let task = tokio::spawn(bench::callpeer::run(pc, stats.clone(), stop_rx.clone()));
+            call_peers.push((stats, task));
+        }
+    }
+    // Warm up: every key loaded and acknowledging (and the call connected).
+    tokio::time::sleep(Duration::from_secs(if call_peers.is_empty() {
+        2
+    } else {
+        4
+    }))
+    .await;
     let started = Instant::now();
     let mut faults: Vec<Fault> = Vec::new();
     let mut out = Outcome::default();
@@ -266,6 +325,19 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Outcome> {
             )
         };
         match cfg.scenario {
+            Scenario::CallOwnerKill => {
+                // The owner of the call's room.
+                let i = (0..cluster.shard_specs.len())
+                    .find(|i| owned_by(&cluster.shard_specs[*i].id).1.contains(&0))
+                    .context("no shard owns the call's room")?;
+                let (docs, rooms) = owned_by(&cluster.shard_specs[i].id);
+                let at = Instant::now();
+                cluster.kill_shard(i).await;
+                faults.push(Fault { at, docs, rooms });
+                tokio::time::sleep(rng.millis(3000, 5000)).await;
+                cluster.start_shard(i).await?;
+                cluster.wait_ring(cfg.shards).await?;
+            }
             Scenario::ShardKill | Scenario::ShardPause => {
                 // A random shard among those owning workload keys.
                 let owners: Vec<usize> = (0..cluster.shard_specs.len())
@@ -350,8 +422,28 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Outcome> {
         }
         out.faults += 1;
     }
+    // The call: media must flow again for everyone once the faults healed.
+    if !call_peers.is_empty() {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let now = std::time::Instant::now();
+        for (stats, _) in &call_peers {
+            let s = stats.lock().unwrap_or_else(|e| e.into_inner());
+            out.media_gaps_ms
+                .extend(s.gaps.iter().map(|g| g.as_secs_f64() * 1000.0));
+            out.call_joins += u64::from(s.joins);
+            let flowing = s
+                .last_frame
+                .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(2));
+            if !flowing {
+                out.call_stalled += 1;
+            }
+        }
+    }
     // Settle: faults healed; stop writing, let every client reconnect and converge.
     stop_tx.send_replace(true);
+    for (_, t) in call_peers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
     tokio::time::sleep(Duration::from_secs(6)).await;
     for t in chat_tasks {
         let abort = t.abort_handle();

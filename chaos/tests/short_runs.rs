@@ -56,6 +56,16 @@ fn short(scenario: Scenario, seed: u64) {
     if scenario == Scenario::Drain {
         assert!(out.planned_moves > 0, "the plan moved nothing");
     }
+    if scenario == Scenario::CallOwnerKill {
+        assert!(
+            out.call_joins > 3,
+            "the participants never rejoined the call"
+        );
+        assert!(
+            !out.media_gaps_ms.is_empty(),
+            "no media gap: the kill did not interrupt the call"
+        );
+    }
     assert!(out.ok(), "{}", out.summary());
 }
 
@@ -88,4 +98,9 @@ fn postgres_restart() {
 fn drain_matches_the_ring_plan() {
     let _ = Scenario::Drain;
     short(Scenario::Drain, 16);
+}
+
+#[test]
+fn call_owner_kill() {
+    short(Scenario::CallOwnerKill, 17);
 }

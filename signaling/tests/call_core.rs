@@ -537,3 +537,58 @@ fn mids_must_be_what_str0m_keeps() {
         assert_eq!(net.reply(a, &id)["code"], "bad_request", "mid {mid:?}");
     }
 }
+
+#[test]
+fn with_more_voices_than_n_only_the_n_loudest_are_forwarded_and_the_loudest_speaks() {
+    let mut net = Net::new(CallConfig {
+        audio_top_n: 1,
+        ..CallConfig::default()
+    });
+    let clients: Vec<usize> = ["ada", "bob", "cy"].iter().map(|u| net.client(u)).collect();
+    for &c in &clients {
+        net.join(c, Access::Write);
+        net.negotiate(c, Access::Write, &[(TrackKind::Microphone, false)], &[]);
+    }
+    for &c in &clients {
+        let me = net.clients[c].participant.clone().unwrap();
+        let mut others: Vec<String> = Vec::new();
+        for f in &net.clients[c].frames {
+            let list: Vec<Value> = match f["t"].as_str() {
+                Some("call.joined") => f["tracks"].as_array().unwrap().clone(),
+                Some("track.published") => vec![f["track"].clone()],
+                _ => continue,
+            };
+            others.extend(
+                list.into_iter()
+                    .filter(|t| t["participant"] != me.as_str())
+                    .map(|t| t["id"].as_str().unwrap().to_owned()),
+            );
+        }
+        others.sort();
+        others.dedup();
+        let subs: Vec<(&str, Quality)> =
+            others.iter().map(|t| (t.as_str(), Quality::High)).collect();
+        net.negotiate(c, Access::Write, &[], &subs);
+    }
+    stream(&mut net, Duration::from_secs(3));
+    // Bob hears Ada (the loudest) but not Cy.
+    let bob = &net.clients[clients[1]];
+    let got: Vec<(String, usize)> = bob
+        .receiving
+        .iter()
+        .map(|(m, t)| (t.clone(), bob.received.get(m).copied().unwrap_or(0)))
+        .collect();
+    let from = |p: &str| {
+        got.iter()
+            .find(|(t, _)| t.starts_with(p))
+            .map_or(0, |(_, n)| *n)
+    };
+    assert!(from("p1-") > 50, "the loudest voice is forwarded: {got:?}");
+    assert!(
+        from("p3-") < 15,
+        "a quiet voice beyond the top 1 is not (only before levels settle): {got:?}"
+    );
+    // Everyone is told Ada speaks.
+    let speaker = net.frames_of(clients[2], "call.speaker");
+    assert_eq!(speaker.last().unwrap()["participant"], "p1", "{speaker:?}");
+}

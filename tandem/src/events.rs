@@ -127,9 +127,10 @@ fn stream_of_either(doc: Option<&str>, room: Option<&str>) -> anyhow::Result<Str
     }
 }
 
-/// A room's chat as of the last of `events`: messages in order with edits and deletions applied, and
-/// the users present.
+/// A room's chat as of the last of `events`: messages in order with edits and deletions applied, the
+/// users present, and its calls (who was in each, when, who shared a screen).
 pub fn room_transcript(events: &[Event]) -> serde_json::Value {
+    let mut calls: Vec<serde_json::Value> = Vec::new();
     let mut messages: Vec<serde_json::Value> = Vec::new();
     let mut index: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
     let mut present: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
@@ -159,6 +160,65 @@ pub fn room_transcript(events: &[Event]) -> serde_json::Value {
             EventPayload::UserLeft(p) => {
                 present.remove(p.user.as_str());
             }
+            EventPayload::CallStarted(p) => calls.push(serde_json::json!({
+                "call": p.call, "started": rfc3339(e.ts), "started_by": p.user, "ended": null,
+                "participants": [], "screen_shares": [],
+            })),
+            EventPayload::CallEnded(p) => {
+                if let Some(c) = calls
+                    .iter_mut()
+                    .rev()
+                    .find(|c| c["call"] == p.call.as_str())
+                {
+                    c["ended"] = rfc3339(e.ts).into();
+                }
+            }
+            EventPayload::CallParticipantJoined(p) => {
+                if let Some(list) = calls
+                    .iter_mut()
+                    .rev()
+                    .find(|c| c["call"] == p.call.as_str())
+                    .and_then(|c| c["participants"].as_array_mut())
+                {
+                    list.push(serde_json::json!({
+                        "participant": p.participant, "user": p.user, "joined": rfc3339(e.ts), "left": null,
+                    }));
+                }
+            }
+            EventPayload::CallParticipantLeft(p) => {
+                let who = calls
+                    .iter_mut()
+                    .rev()
+                    .find(|c| c["call"] == p.call.as_str())
+                    .and_then(|c| c["participants"].as_array_mut())
+                    .and_then(|l| {
+                        l.iter_mut()
+                            .find(|x| x["participant"] == p.participant.as_str())
+                    });
+                if let Some(x) = who {
+                    x["left"] = rfc3339(e.ts).into();
+                    x["reason"] = p.reason.clone().into();
+                }
+            }
+            EventPayload::ScreenShareStarted(p) => {
+                if let Some(list) = calls
+                    .last_mut()
+                    .and_then(|c| c["screen_shares"].as_array_mut())
+                {
+                    list.push(serde_json::json!({
+                        "user": p.user, "track": p.track, "started": rfc3339(e.ts), "stopped": null,
+                    }));
+                }
+            }
+            EventPayload::ScreenShareStopped(p) => {
+                let share = calls
+                    .last_mut()
+                    .and_then(|c| c["screen_shares"].as_array_mut())
+                    .and_then(|l| l.iter_mut().rev().find(|x| x["track"] == p.track.as_str()));
+                if let Some(x) = share {
+                    x["stopped"] = rfc3339(e.ts).into();
+                }
+            }
             _ => {}
         }
     }
@@ -166,6 +226,7 @@ pub fn room_transcript(events: &[Event]) -> serde_json::Value {
         "seq": events.last().map_or(0, |e| e.seq.0),
         "present": present,
         "messages": messages,
+        "calls": calls,
     })
 }
 

@@ -311,7 +311,8 @@ async fn tail_prints_history_then_follows_the_bus() {
 #[tokio::test]
 async fn room_show_and_replay_print_the_chat_as_it_was() {
     use proto::event::{
-        ChatMessageDeletedV1, ChatMessageEditedV1, ChatMessageSentV1, UserPresenceV1,
+        CallParticipantV1, CallV1, ChatMessageDeletedV1, ChatMessageEditedV1, ChatMessageSentV1,
+        ScreenShareV1, UserPresenceV1,
     };
     use proto::RoomId;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -369,6 +370,52 @@ async fn room_show_and_replay_print_the_chat_as_it_was() {
             bob.clone(),
             EventPayload::UserLeft(UserPresenceV1 { user: bob.clone() }),
         ),
+        (
+            ada.clone(),
+            EventPayload::CallStarted(CallV1 {
+                call: "c1".into(),
+                user: ada.clone(),
+            }),
+        ),
+        (
+            ada.clone(),
+            EventPayload::CallParticipantJoined(CallParticipantV1 {
+                call: "c1".into(),
+                user: ada.clone(),
+                participant: "p1".into(),
+                reason: None,
+            }),
+        ),
+        (
+            ada.clone(),
+            EventPayload::ScreenShareStarted(ScreenShareV1 {
+                user: ada.clone(),
+                track: "p1-2".into(),
+            }),
+        ),
+        (
+            ada.clone(),
+            EventPayload::ScreenShareStopped(ScreenShareV1 {
+                user: ada.clone(),
+                track: "p1-2".into(),
+            }),
+        ),
+        (
+            ada.clone(),
+            EventPayload::CallParticipantLeft(CallParticipantV1 {
+                call: "c1".into(),
+                user: ada.clone(),
+                participant: "p1".into(),
+                reason: Some("left".into()),
+            }),
+        ),
+        (
+            ada.clone(),
+            EventPayload::CallEnded(CallV1 {
+                call: "c1".into(),
+                user: ada.clone(),
+            }),
+        ),
     ];
     for (i, (actor, payload)) in payloads.into_iter().enumerate() {
         let r = log
@@ -391,8 +438,24 @@ async fn room_show_and_replay_print_the_chat_as_it_was() {
     let data = dir.path().to_str().expect("utf-8 path");
     let (ok, out, err) = tandem(&["events", "show", "--data", data, "--room", "team"]);
     assert!(ok, "{err}");
-    assert_eq!(out.lines().count(), 8, "header + 7 events: {out}");
+    assert_eq!(out.lines().count(), 14, "header + 13 events: {out}");
     assert!(out.contains("chat.message.edited"), "{out}");
+    assert!(out.contains("call.participant.joined"), "{out}");
+    // Who was in which call: during the screen share, then at the end.
+    let (ok, out, err) = tandem(&[
+        "events", "replay", "--data", data, "--room", "team", "--until", "10",
+    ]);
+    assert!(ok, "{err}");
+    let v = json(&out);
+    let call = &v["calls"][0];
+    assert_eq!(
+        (call["call"].as_str(), call["started_by"].as_str()),
+        (Some("c1"), Some("ada"))
+    );
+    assert!(call["ended"].is_null(), "{call}");
+    assert_eq!(call["participants"][0]["user"], "ada");
+    assert!(call["participants"][0]["left"].is_null());
+    assert!(call["screen_shares"][0]["stopped"].is_null());
     // Time travel: before the edit and the deletion, then at the end.
     let (ok, out, err) = tandem(&[
         "events", "replay", "--data", data, "--room", "team", "--until", "4",
@@ -415,6 +478,10 @@ async fn room_show_and_replay_print_the_chat_as_it_was() {
     assert!(v["messages"][0]["edited"].is_string());
     assert_eq!(v["messages"][1]["text"], serde_json::Value::Null);
     assert!(v["messages"][1]["deleted"].is_string());
+    let call = &v["calls"][0];
+    assert!(call["ended"].is_string(), "{call}");
+    assert_eq!(call["participants"][0]["reason"], "left");
+    assert!(call["screen_shares"][0]["stopped"].is_string());
     let (ok, _, err) = tandem(&["events", "show", "--data", data]);
     assert!(
         !ok && err.contains("--doc"),

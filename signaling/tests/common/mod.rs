@@ -419,7 +419,8 @@ impl Net {
                 let w = if kind.is_video() {
                     w
                 } else {
-                    w.audio_level(-30, true)
+                    // Client 0 is the loudest voice, each next one 15 dB quieter.
+                    w.audio_level(-10 - 15 * (c as i8).min(7), true)
                 };
                 w.write(pt, now, time, data).unwrap();
             }
