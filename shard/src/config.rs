@@ -144,6 +144,8 @@ pub struct CallsConfig {
     pub max_track_bitrate: u64,
     /// Downstream estimate per participant before the estimator has one, bits/s.
     pub initial_bitrate: u64,
+    /// Estimate each subscriber's bandwidth and pace to it (see `signaling::CallConfig::bwe`).
+    pub bwe: bool,
     /// Let the estimator probe above its estimate (see `signaling::CallConfig::bwe_probe`).
     pub bwe_probe: bool,
     /// With more audio tracks in a call than this, only this many loudest are forwarded (0 = all).
@@ -177,6 +179,7 @@ impl Default for CallsConfig {
             max_sdp_bytes: c.max_sdp_bytes,
             max_track_bitrate: c.max_track_bitrate,
             initial_bitrate: c.initial_bitrate,
+            bwe: c.bwe,
             bwe_probe: c.bwe_probe,
             audio_top_n: c.audio_top_n,
             ice_timeout: c.ice_timeout,
@@ -229,6 +232,7 @@ impl CallsConfig {
                 max_sdp_bytes: self.max_sdp_bytes,
                 max_track_bitrate: self.max_track_bitrate,
                 initial_bitrate: self.initial_bitrate,
+                bwe: self.bwe,
                 bwe_probe: self.bwe_probe,
                 audio_top_n: self.audio_top_n,
                 ice_timeout: self.ice_timeout,

@@ -188,6 +188,8 @@ struct Sub {
     started: bool,
     /// Added to the source's RTP time (ticks) so that a layer switch keeps the timeline.
     offset: i64,
+    /// Not forwarded: the subscriber's bandwidth estimate does not fit it.
+    paused: bool,
     last_out: Option<(u64, Instant)>,
 }
 
@@ -560,7 +562,11 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
         let mut rtc = Rtc::builder()
             .set_local_ice_credentials(creds)
             .set_ice_lite(true)
-            .enable_bwe(Some(Bitrate::bps(self.cfg.initial_bitrate)))
+            .enable_bwe(
+                self.cfg
+                    .bwe
+                    .then(|| Bitrate::bps(self.cfg.initial_bitrate)),
+            )
             .build(now);
         for addr in &self.cfg.candidates {
             if let Ok(c) = Candidate::host(*addr, "udp") {
@@ -791,6 +797,7 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
                 current: None,
                 started: false,
                 offset: 0,
+                paused: false,
                 last_out: None,
             });
         }
@@ -1240,6 +1247,24 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
                 None => break,
             }
         }
+        // Still over the estimate on the lowest layers: pause video (cameras before screens, the
+        // last subscribed first) rather than let str0m's pacer queue it without end. Only with an
+        // estimator: a fixed budget never pauses anything.
+        let mut paused: BTreeSet<usize> = BTreeSet::new();
+        if self.cfg.bwe {
+            let audio = self.audio_rate(pid);
+            let mut order: Vec<usize> = (0..plan.len()).collect();
+            order.sort_by_key(|k| (plan[*k].3, std::cmp::Reverse(*k)));
+            let mut sum = total(&plan) + audio;
+            for k in order {
+                if sum <= budget {
+                    break;
+                }
+                let (i, _, c, _) = &plan[k];
+                sum = sum.saturating_sub(rates[&(*i, *c)]);
+                paused.insert(*i);
+            }
+        }
         let mut asks: Vec<(u64, Mid, Option<Rid>)> = Vec::new();
         let Some(p) = self.parts.get_mut(&pid) else {
             return;
@@ -1252,6 +1277,17 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
         }
         for (i, layers, chosen, _) in plan {
             let s = &mut p.subs[i];
+            let pause = paused.contains(&i);
+            if s.paused != pause {
+                s.paused = pause;
+                // Resuming starts on a key frame of the chosen layer.
+                s.started = false;
+                s.current = None;
+                s.target = None;
+            }
+            if pause {
+                continue;
+            }
             let target = Some(layers[chosen]);
             if s.target != target {
                 s.target = target;
@@ -1459,7 +1495,7 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
             let Some(s) = p.subs.iter_mut().find(|s| s.track == track) else {
                 continue;
             };
-            if s.quality == Quality::Off {
+            if s.quality == Quality::Off || s.paused {
                 continue;
             }
             if video {

@@ -361,9 +361,15 @@ pub struct CallOpts {
     /// [default: 4000000].
     #[arg(long, env = "TANDEM_MAX_TRACK_BITRATE")]
     pub max_track_bitrate: Option<u64>,
-    /// Downstream estimate per participant before the estimator has one, bits/s [default: 1500000].
+    /// Downstream budget per participant: layers are chosen to fit it (with --call-bwe on, the
+    /// estimate's starting value), bits/s [default: 1500000].
     #[arg(long, env = "TANDEM_CALL_INITIAL_BITRATE")]
     pub call_initial_bitrate: Option<u64>,
+    /// Bandwidth estimation per subscriber: `on` (str0m's TWCC estimator paces what is sent, layers
+    /// follow the estimate, video that does not fit pauses; experimental, see README) or `off` (no
+    /// pacing; layers fit --call-initial-bitrate as a fixed budget) [default: off].
+    #[arg(long, env = "TANDEM_CALL_BWE")]
+    pub call_bwe: Option<OnOff>,
     /// With more audio tracks in a call than this, forward only this many loudest (0 = all)
     /// [default: 0].
     #[arg(long, env = "TANDEM_CALL_AUDIO_TOP_N")]
@@ -413,6 +419,9 @@ impl CallOpts {
         if let Some(v) = self.call_initial_bitrate {
             c.initial_bitrate = v;
         }
+        if let Some(v) = self.call_bwe {
+            c.bwe = v == OnOff::On;
+        }
         if let Some(v) = self.call_audio_top_n {
             c.audio_top_n = v;
         }
@@ -433,6 +442,13 @@ impl CallOpts {
         }
         validate_calls(c)
     }
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 /// Checks the call settings.
