@@ -562,11 +562,7 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
         let mut rtc = Rtc::builder()
             .set_local_ice_credentials(creds)
             .set_ice_lite(true)
-            .enable_bwe(
-                self.cfg
-                    .bwe
-                    .then(|| Bitrate::bps(self.cfg.initial_bitrate)),
-            )
+            .enable_bwe(self.cfg.bwe.then(|| Bitrate::bps(self.cfg.initial_bitrate)))
             .build(now);
         for addr in &self.cfg.candidates {
             if let Ok(c) = Candidate::host(*addr, "udp") {
