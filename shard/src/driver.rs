@@ -683,6 +683,15 @@ impl Driver {
                 }
             }
             RoomOutput::Load { room } => {
+                // A call of this room still running here (its members were detached by an unload
+                // or a failure) ends before the room's log is read again.
+                if let Some(m) = &self.media {
+                    m.tell(MediaCmd::Release {
+                        room: room.clone(),
+                        code: ErrorCode::Unavailable,
+                        message: "the room was reloaded: join the call again",
+                    });
+                }
                 self.metrics.rooms_loaded.inc();
                 let stream = StreamId::Room(room.clone());
                 self.spawn_load(stream, |result| Cmd::RoomLoaded { room, result });

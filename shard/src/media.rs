@@ -9,6 +9,8 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use proto::v1::{CallRequest, ErrorCode, RequestId};
 use proto::{Access, EventPayload, RoomId, UserId};
@@ -84,13 +86,16 @@ pub(crate) struct Persist {
     pub payload: EventPayload,
 }
 
-/// The shard driver's handle on its media driver.
+/// Requests queued for the media driver before new ones are refused with `limit`.
+const MAX_QUEUED_REQUESTS: usize = 4096;
+
+/// The shard driver's handle on its media driver. Every command travels one FIFO channel, so a
+/// departure sent after a request is handled after it; only requests are counted and bounded
+/// (departures, closes and releases are one per membership, and never refused).
 #[derive(Clone)]
 pub(crate) struct MediaHandle {
-    /// Requests (bounded: a full queue refuses with `limit`).
-    tx: mpsc::Sender<MediaCmd>,
-    /// Departures, closes, releases: never dropped (each is one per membership, so bounded by them).
-    life: mpsc::UnboundedSender<MediaCmd>,
+    tx: mpsc::UnboundedSender<MediaCmd>,
+    queued: Arc<AtomicUsize>,
     /// The address put in answers as the host candidate.
     pub advertised: SocketAddr,
 }
@@ -98,18 +103,26 @@ pub(crate) struct MediaHandle {
 impl MediaHandle {
     /// Queues a request; false when the media driver is saturated or gone.
     pub fn try_send(&self, cmd: MediaCmd) -> bool {
-        self.tx.try_send(cmd).is_ok()
+        if self.queued.load(Ordering::Relaxed) >= MAX_QUEUED_REQUESTS {
+            return false;
+        }
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(cmd).is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 
     /// Queues a departure, close or release (never refused while the driver runs).
     pub fn tell(&self, cmd: MediaCmd) {
-        let _ = self.life.send(cmd);
+        let _ = self.tx.send(cmd);
     }
 
     /// The call core's counters.
     pub async fn stats(&self) -> Option<CallStats> {
         let (reply, wait) = oneshot::channel();
-        self.tx.send(MediaCmd::Stats { reply }).await.ok()?;
+        self.tx.send(MediaCmd::Stats { reply }).ok()?;
         wait.await.ok()
     }
 }
@@ -137,21 +150,21 @@ pub(crate) fn spawn(
     };
     let seed = uuid::Uuid::now_v7().as_u64_pair().1;
     let core = CallCore::new(cfg, seed);
-    let (tx, rx) = mpsc::channel(4096);
-    let (life, life_rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
     tokio::spawn(run(
         core,
         socket,
         advertised,
         settings.turn,
         rx,
-        life_rx,
+        queued.clone(),
         persist,
     ));
     tracing::info!(%bound, %advertised, "media socket bound");
     Ok(MediaHandle {
         tx,
-        life,
+        queued,
         advertised,
     })
 }
@@ -161,8 +174,8 @@ async fn run(
     socket: UdpSocket,
     advertised: SocketAddr,
     turn: Option<TurnConfig>,
-    mut rx: mpsc::Receiver<MediaCmd>,
-    mut life: mpsc::UnboundedReceiver<MediaCmd>,
+    mut rx: mpsc::UnboundedReceiver<MediaCmd>,
+    queued: Arc<AtomicUsize>,
     persist: mpsc::UnboundedSender<Persist>,
 ) {
     let mut sinks: HashMap<ConnId, ConnSink> = HashMap::new();
@@ -173,26 +186,12 @@ async fn run(
     loop {
         let deadline = core.poll_timeout();
         tokio::select! {
-            // Lifecycle first: a departure queued before a request is handled before it.
-            biased;
-            cmd = life.recv() => {
-                let Some(cmd) = cmd else { break };
-                let now = Instant::now().into_std();
-                match cmd {
-                    MediaCmd::Departed { conn, room } => core.handle_departed(now, conn, &room),
-                    MediaCmd::Close { conn } => {
-                        core.handle_close(now, conn);
-                        sinks.remove(&conn);
-                    }
-                    MediaCmd::Release { room, code, message } => core.handle_release(now, &room, code, message),
-                    _ => {}
-                }
-            }
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { break };
                 let now = Instant::now().into_std();
                 match cmd {
                     MediaCmd::Request { conn, user, access, room, rid, req, sink } => {
+                        queued.fetch_sub(1, Ordering::Relaxed);
                         sinks.insert(conn, sink);
                         if let (CallRequest::Join, Some(t)) = (&req, &turn) {
                             core.set_ice_servers(vec![t.ice_server(user.as_str(), timer::wall_ms() as u64 / 1000)]);

@@ -835,6 +835,20 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
             new_tracks.push(track_info(p, &t));
             p.published.push(t);
         }
+        // An ICE restart (new credentials in the offer) gives the participant a new local ufrag:
+        // STUN from its next address is routed by that one.
+        let answer_sdp = answer.to_sdp_string();
+        if let Some(ufrag) = answer_sdp
+            .lines()
+            .find_map(|l| l.trim_end_matches('\r').strip_prefix("a=ice-ufrag:"))
+        {
+            if ufrag != p.ufrag {
+                let old = std::mem::replace(&mut p.ufrag, ufrag.to_owned());
+                p.candidates = 0;
+                self.by_ufrag.remove(&old);
+                self.by_ufrag.insert(p.ufrag.clone(), pid);
+            }
+        }
         let conn = p.conn;
         let user = p.user.clone();
         self.send(
@@ -842,7 +856,7 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
             &Frame::CallAnswer {
                 id: rid,
                 room: room.clone(),
-                sdp: sdp::complete_candidates(&answer.to_sdp_string()),
+                sdp: sdp::complete_candidates(&answer_sdp),
             },
         );
         for t in gone_tracks {
@@ -1080,6 +1094,13 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
             return;
         };
         if let Some(p) = self.parts.get_mut(&pid) {
+            // Most recently used last: the address in use is never the one evicted.
+            if p.addrs.back() != Some(&source) {
+                if let Some(i) = p.addrs.iter().position(|a| *a == source) {
+                    p.addrs.remove(i);
+                    p.addrs.push_back(source);
+                }
+            }
             if !p.addrs.contains(&source) {
                 tracing::debug!(participant = %p.name, %source, "media from a new address");
                 p.addrs.push_back(source);

@@ -802,9 +802,17 @@ impl RoomCore {
         if let Some(s) = &loaded.snapshot {
             match serde_json::from_slice::<RoomSnapshot>(&s.state) {
                 Ok(snap) => {
+                    // Snapshots written before they carried the open call: derive it from the
+                    // window (a call started before the window is not seen).
+                    open_call = snap.call.or_else(|| {
+                        let mut c = None;
+                        for e in &snap.window {
+                            calls::apply(&mut c, &e.payload);
+                        }
+                        c
+                    });
                     events = snap.window;
                     present = snap.present.into_iter().collect();
-                    open_call = snap.call;
                 }
                 Err(e) => {
                     tracing::error!(%room, error = %e, "room snapshot unreadable");
@@ -839,6 +847,10 @@ impl RoomCore {
         // A call the log shows open was interrupted (its owner crashed, moved or restarted): it is
         // closed in the log before anyone can start the next one.
         if let Some(open) = open_call {
+            // Known as open until the closing events commit (a snapshot taken meanwhile keeps it).
+            if let Some(r) = self.rooms.get_mut(room) {
+                r.call = Some(open.clone());
+            }
             for (actor, payload) in calls::closing(&open) {
                 self.append(room, actor, payload, None);
             }

@@ -769,6 +769,11 @@ export interface RemoteTrack {
   stream: any
 }
 
+/** Refusals of `call.join` (or of the first offer) that a later attempt can overcome. */
+const TRANSIENT_CALL_ERRORS = ['unavailable', 'shutting_down', 'timeout', 'disconnected', 'unknown_room', 'not_in_call', 'moved']
+const RETRY_MIN_MS = 300
+const RETRY_MAX_MS = 8000
+
 const DEFAULT_SIMULCAST = [
   { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
   { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
@@ -818,6 +823,10 @@ export class Call extends Emitter {
   private starting: Promise<void> | null = null
   /** A restart was asked while a start ran: start again when it ends. */
   private restartPending = false
+  /** Bumped by every `join()` and `leave()`: a start from an older generation gives up. */
+  private gen = 0
+  private retryTimer: ReturnType<typeof setTimeout> | null = null
+  private retryDelay = RETRY_MIN_MS
   private readonly local = new Map<TrackKind, LocalTrack>()
   private readonly remote = new Map<string, Receiving>()
   private chain: Promise<void> = Promise.resolve()
@@ -837,15 +846,17 @@ export class Call extends Emitter {
   async join (): Promise<void> {
     if (this.PC === undefined) throw new TandemError('bad_request', 'no RTCPeerConnection in this environment')
     this.active = true
+    this.gen += 1
     await this.start()
   }
 
   private start (): Promise<void> {
     if (this.starting !== null) return this.starting
+    const gen = this.gen
     const run = async (): Promise<void> => {
       const r = await this.client.request({ t: 'call.join', room: this.room.id })
-      if (!this.active) {
-        // Left while joining.
+      if (!this.active || gen !== this.gen) {
+        // Left (or left and joined again) while joining: this participant is not wanted.
         await this.client.request({ t: 'call.leave', room: this.room.id }).catch(() => {})
         return
       }
@@ -870,14 +881,24 @@ export class Call extends Emitter {
       for (const p of this.participants.values()) if (p.id !== this.participant) this.emit('participant.joined', p)
       for (const t of this.tracks.values()) this.emit('track.published', t)
       await this.negotiate()
+      this.retryDelay = RETRY_MIN_MS
     }
-    const p = run().finally(() => {
-      this.starting = null
-      if (this.restartPending) {
-        this.restartPending = false
-        this._roomJoined()
-      }
-    })
+    const p = run()
+      .catch(async (err) => {
+        // A half-made start leaves nothing behind: no peer connection, no participant.
+        if (this.pc !== null) {
+          this.teardown()
+          await this.client.request({ t: 'call.leave', room: this.room.id }).catch(() => {})
+        }
+        throw err
+      })
+      .finally(() => {
+        this.starting = null
+        if (this.restartPending) {
+          this.restartPending = false
+          this.scheduleRetry(0)
+        }
+      })
     this.starting = p
     return p
   }
@@ -938,6 +959,9 @@ export class Call extends Emitter {
   async leave (): Promise<void> {
     if (!this.active) return
     this.active = false
+    this.gen += 1
+    if (this.retryTimer !== null) clearTimeout(this.retryTimer)
+    this.retryTimer = null
     this.teardown()
     if (this.client.isConnected) await this.client.request({ t: 'call.leave', room: this.room.id }).catch(() => {})
     this.participant = null
@@ -1034,9 +1058,24 @@ export class Call extends Emitter {
     }
     this.start().catch((err) => {
       this.emit('error', err)
-      // Not in the room yet (the move is still under way), or a transient refusal: try again.
-      setTimeout(() => { if (this.room.isJoined && this.client.isConnected) this._roomJoined() }, 1000)
+      // Not in the room yet (the move is still under way), or another transient refusal: one timer,
+      // with backoff. A refusal that retrying cannot change ends the call here.
+      if (TRANSIENT_CALL_ERRORS.includes(err?.code)) {
+        this.scheduleRetry(this.retryDelay)
+        this.retryDelay = Math.min(this.retryDelay * 2, RETRY_MAX_MS)
+      } else {
+        this.active = false
+        this.emit('closed', { code: err?.code ?? 'error', message: String(err?.message ?? err) })
+      }
     })
+  }
+
+  private scheduleRetry (delay: number): void {
+    if (this.retryTimer !== null) return
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null
+      if (this.room.isJoined && this.client.isConnected) this._roomJoined()
+    }, delay)
   }
 
   /** @internal the room's socket dropped or the room closed: the call ends here until the rejoin. */
@@ -1086,8 +1125,8 @@ export class Call extends Emitter {
       case 'call.closed':
         this.teardown()
         this.emit('closed', { code: m.code, message: m.message })
-        if (this.active && ['moved', 'shutting_down', 'timeout'].includes(m.code)) {
-          setTimeout(() => { if (this.room.isJoined && this.client.isConnected) this._roomJoined() }, 300)
+        if (this.active && ['moved', 'shutting_down', 'timeout', 'unavailable'].includes(m.code)) {
+          this.scheduleRetry(RETRY_MIN_MS)
         }
     }
   }
