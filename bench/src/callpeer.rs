@@ -69,6 +69,31 @@ pub struct PeerStats {
 }
 
 impl PeerStats {
+    /// Accounts one media frame received (stamped by [`frame`]).
+    pub fn received(&mut self, data: &[u8]) {
+        let Some((ts, index, kind, seq)) = parse(data) else {
+            return;
+        };
+        let now = Instant::now();
+        self.latency.record_us(unix_us().saturating_sub(ts));
+        self.frames += 1;
+        self.bytes += data.len() as u64;
+        let e = self.streams.entry((index, kind)).or_insert((seq, seq, 0));
+        e.0 = e.0.min(seq);
+        e.1 = e.1.max(seq);
+        e.2 += 1;
+        if let Some(last) = self.last_frame {
+            let gap = now.saturating_duration_since(last);
+            if gap > self.longest_gap {
+                self.longest_gap = gap;
+            }
+            if gap > GAP && self.gaps.len() < 256 {
+                self.gaps.push(gap);
+            }
+        }
+        self.last_frame = Some(now);
+    }
+
     /// Frames missing from the streams this peer received (gaps in sequence numbers).
     pub fn missing(&self) -> u64 {
         self.streams
@@ -83,12 +108,12 @@ pub type Shared = Arc<Mutex<PeerStats>>;
 /// A pause in received media longer than this counts as a gap (frames come every 20 ms).
 pub const GAP: Duration = Duration::from_millis(250);
 
-const KIND_VIDEO: u8 = 1;
-const KIND_AUDIO: u8 = 2;
+pub(crate) const KIND_VIDEO: u8 = 1;
+pub(crate) const KIND_AUDIO: u8 = 2;
 /// Frame header after the codec byte: send time (8), publisher (4), kind (1), seq (8).
 const HEADER: usize = 1 + 8 + 4 + 1 + 8;
 
-fn unix_us() -> u64 {
+pub(crate) fn unix_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
@@ -105,7 +130,7 @@ fn frame(first: u8, index: u32, kind: u8, seq: u64, size: usize) -> Vec<u8> {
     f
 }
 
-fn parse(data: &[u8]) -> Option<(u64, u32, u8, u64)> {
+pub(crate) fn parse(data: &[u8]) -> Option<(u64, u32, u8, u64)> {
     if data.len() < HEADER {
         return None;
     }
@@ -297,27 +322,8 @@ async fn call(
                         }
                     }
                     Event::MediaData(d) => {
-                        if let Some((ts, index, kind, seq)) = parse(&d.data) {
-                            let now = Instant::now();
-                            if let Ok(mut s) = stats.lock() {
-                                s.latency.record_us(unix_us().saturating_sub(ts));
-                                s.frames += 1;
-                                s.bytes += d.data.len() as u64;
-                                let e = s.streams.entry((index, kind)).or_insert((seq, seq, 0));
-                                e.0 = e.0.min(seq);
-                                e.1 = e.1.max(seq);
-                                e.2 += 1;
-                                if let Some(last) = s.last_frame {
-                                    let gap = now.saturating_duration_since(last);
-                                    if gap > s.longest_gap {
-                                        s.longest_gap = gap;
-                                    }
-                                    if gap > GAP && s.gaps.len() < 256 {
-                                        s.gaps.push(gap);
-                                    }
-                                }
-                                s.last_frame = Some(now);
-                            }
+                        if let Ok(mut s) = stats.lock() {
+                            s.received(&d.data);
                         }
                     }
                     Event::KeyframeRequest(_) => owe_key = true,
@@ -469,7 +475,7 @@ async fn offer(
     }))
 }
 
-fn write_video(
+pub(crate) fn write_video(
     cfg: &PeerConfig,
     rtc: &mut Rtc,
     sending: &[(Mid, u8)],
@@ -515,7 +521,7 @@ fn write_video(
     Ok(())
 }
 
-fn write_audio(
+pub(crate) fn write_audio(
     cfg: &PeerConfig,
     rtc: &mut Rtc,
     sending: &[(Mid, u8)],

@@ -11,6 +11,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod callpeer;
+pub mod janus;
 pub mod procstat;
 pub mod report;
 pub mod scenario;

@@ -2,6 +2,7 @@
 //! the peers people run today (`@hocuspocus/server`, `@y/websocket-server`, installed by npm into
 //! `bench/peers/node_modules`), or any running server given by URL.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -21,6 +22,8 @@ pub enum Kind {
     YWebsocketServer,
     /// `socket.io` 4.8 chat server (chat-fanout only).
     SocketIo,
+    /// Janus 1.1's VideoRoom SFU (Debian package `janus`; call only).
+    Janus,
     /// Already running: `ws://IP:PORT/prefix` (y-websocket dialect, document name appended).
     External(String),
 }
@@ -32,9 +35,10 @@ impl Kind {
             "hocuspocus" => Kind::Hocuspocus,
             "y-websocket-server" | "y-websocket" => Kind::YWebsocketServer,
             "socketio" | "socket.io" => Kind::SocketIo,
+            "janus" => Kind::Janus,
             s if s.starts_with("ws://") => Kind::External(s.to_string()),
             other => bail!(
-                "unknown target {other:?}: expected tandem, hocuspocus, y-websocket-server, socketio or a ws:// URL"
+                "unknown target {other:?}: expected tandem, hocuspocus, y-websocket-server, socketio, janus or a ws:// URL"
             ),
         })
     }
@@ -45,6 +49,7 @@ impl Kind {
             Kind::Hocuspocus => "hocuspocus".into(),
             Kind::YWebsocketServer => "y-websocket-server".into(),
             Kind::SocketIo => "socketio".into(),
+            Kind::Janus => "janus".into(),
             Kind::External(u) => u.clone(),
         }
     }
@@ -59,6 +64,7 @@ impl Kind {
             Kind::Hocuspocus => "@hocuspocus/server 4.7, no persistence extension: documents in memory only (its Database extension would store a snapshot after a 2 s debounce)".into(),
             Kind::YWebsocketServer => "@y/websocket-server 0.1.1 without YPERSISTENCE: documents in memory only".into(),
             Kind::SocketIo => "socket.io 4.8.4 chat server (bench/peers/socketio.mjs), in-memory adapter: messages are never stored, only relayed".into(),
+            Kind::Janus => "Janus 1.1 VideoRoom (Debian package), HTTP API on loopback, ICE-lite on lo: relays media, stores nothing (the call's events are not recorded anywhere)".into(),
             Kind::External(_) => "external server: unknown".into(),
         }
     }
@@ -199,6 +205,9 @@ impl Target {
         ) {
             ensure_peers(&opts.peers_dir).await?;
         }
+        if *kind == Kind::Janus {
+            return start_janus().await;
+        }
         let port = free_port()?;
         let data = if *kind == Kind::Tandem {
             Some(tempfile_dir::TempDir::new("tandem-bench")?)
@@ -245,7 +254,7 @@ impl Target {
         match self.kind {
             Kind::Tandem => format!("{}/doc/{doc}", self.base),
             Kind::Hocuspocus => format!("{}/", self.base),
-            Kind::YWebsocketServer | Kind::SocketIo | Kind::External(_) => {
+            Kind::YWebsocketServer | Kind::SocketIo | Kind::Janus | Kind::External(_) => {
                 format!("{}/{doc}", self.base)
             }
         }
@@ -347,7 +356,7 @@ async fn launch(
                 .env("HOST", "127.0.0.1")
                 .env_remove("YPERSISTENCE");
         }
-        Kind::External(_) => bail!("an external target is not started by the harness"),
+        Kind::External(_) | Kind::Janus => bail!("{} is not started this way", kind.name()),
     }
     cmd.stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -372,6 +381,119 @@ async fn launch(
     // Keep draining stdout so the server never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Ok(child)
+}
+
+/// Janus's configuration for a run: only the VideoRoom plugin and the HTTP transport, on loopback
+/// (HTTP on `port`, ICE-lite on `lo`, RTP in 30000–39999, no STUN).
+fn janus_config(dir: &Path, port: u16) -> std::io::Result<()> {
+    let lib = "/usr/lib/x86_64-linux-gnu/janus";
+    std::fs::write(
+        dir.join("janus.jcfg"),
+        format!(
+            r#"general: {{
+	configs_folder = "{cfg}"
+	plugins_folder = "{lib}/plugins"
+	transports_folder = "{lib}/transports"
+	events_folder = "{lib}/events"
+	loggers_folder = "{lib}/loggers"
+	debug_level = 2
+}}
+media: {{
+	rtp_port_range = "30000-39999"
+}}
+nat: {{
+	ice_lite = true
+	ice_enforce_list = "127.0.0.1"
+}}
+plugins: {{
+	disable = "libjanus_audiobridge.so,libjanus_duktape.so,libjanus_echotest.so,libjanus_lua.so,libjanus_nosip.so,libjanus_recordplay.so,libjanus_sip.so,libjanus_streaming.so,libjanus_textroom.so,libjanus_videocall.so,libjanus_voicemail.so"
+}}
+transports: {{
+	disable = "libjanus_mqtt.so,libjanus_nanomsg.so,libjanus_pfunix.so,libjanus_rabbitmq.so,libjanus_websockets.so"
+}}
+events: {{
+	broadcast = false
+}}
+"#,
+            cfg = dir.display()
+        ),
+    )?;
+    std::fs::write(
+        dir.join("janus.transport.http.jcfg"),
+        format!(
+            r#"general: {{
+	json = "plain"
+	base_path = "/janus"
+	http = true
+	port = {port}
+	ip = "127.0.0.1"
+	https = false
+}}
+admin: {{
+	admin_http = false
+}}
+"#
+        ),
+    )?;
+    std::fs::write(
+        dir.join("janus.plugin.videoroom.jcfg"),
+        "general: {
+}
+",
+    )
+}
+
+/// Starts Janus (installing Debian's `janus` package when it is missing) and waits for its API.
+async fn start_janus() -> anyhow::Result<Target> {
+    if Command::new("janus")
+        .arg("--version")
+        .output()
+        .await
+        .is_err()
+    {
+        eprintln!("bench: installing Debian's janus package");
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg(
+                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq janus",
+            )
+            .status()
+            .await?
+            .success();
+        if !ok {
+            bail!("janus is not installed and apt-get install janus failed");
+        }
+    }
+    let port = free_port()?;
+    let data = tempfile_dir::TempDir::new("janus-bench")?;
+    janus_config(data.path(), port)?;
+    let child = Command::new("janus")
+        .arg("-F")
+        .arg(data.path())
+        .arg("-C")
+        .arg(data.path().join("janus.jcfg"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting janus")?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while crate::janus::Session::create(addr).await.is_err() {
+        if tokio::time::Instant::now() > deadline {
+            bail!("janus did not answer on {addr} within 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(Target {
+        kind: Kind::Janus,
+        base: format!("http://127.0.0.1:{port}"),
+        persistence: Kind::Janus.persistence(&TargetOpts::default()),
+        pid: child.id(),
+        child: Some(child),
+        _data: Some(data),
+    })
 }
 
 /// The cumulative buckets `(le, count)` of a Prometheus histogram in a `/metrics` text.

@@ -72,8 +72,12 @@ pub struct Outcome {
 }
 
 pub async fn run(target: &Target, p: &Params, label: &str) -> anyhow::Result<Outcome> {
-    if !matches!(target.kind, Kind::Tandem | Kind::External(_)) {
-        bail!("call runs against tandem (a ws:// URL of a tandem /v1 works too)");
+    if !matches!(target.kind, Kind::Tandem | Kind::Janus | Kind::External(_)) {
+        bail!("call runs against tandem and janus (a ws:// URL of a tandem /v1 works too)");
+    }
+    let janus = target.kind == Kind::Janus;
+    if janus && p.simulcast {
+        bail!("the Janus participants publish one video stream: run with --no-simulcast (for both targets)");
     }
     if p.participants < 2 || p.rooms == 0 || p.fps == 0 {
         bail!("call needs at least 2 participants, 1 room and fps above 0");
@@ -85,7 +89,21 @@ pub async fn run(target: &Target, p: &Params, label: &str) -> anyhow::Result<Out
         crate::scenario::Progress::new(label, Duration::from_secs_f64(p.duration + 15.0));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut peers = Vec::new();
+    let janus_addr: Option<std::net::SocketAddr> = if janus {
+        let a = target
+            .base
+            .strip_prefix("http://")
+            .and_then(|h| h.parse().ok())
+            .context("janus address")?;
+        for r in 0..p.rooms {
+            crate::janus::create_room(a, 1000 + r as u64, p.participants + 1).await?;
+        }
+        Some(a)
+    } else {
+        None
+    };
     for r in 0..p.rooms {
+        let feeds: Arc<Mutex<Vec<u64>>> = Arc::default();
         for i in 0..p.participants {
             let stats = Arc::new(Mutex::new(PeerStats::default()));
             let cfg = PeerConfig {
@@ -100,7 +118,18 @@ pub async fn run(target: &Target, p: &Params, label: &str) -> anyhow::Result<Out
                 fps: p.fps,
                 video_bytes: p.video_bytes,
             };
-            let task = tokio::spawn(callpeer::run(cfg, stats.clone(), stop_rx.clone()));
+            let task = match janus_addr {
+                Some(a) => tokio::spawn(crate::janus::run(
+                    a,
+                    1000 + r as u64,
+                    cfg,
+                    feeds.clone(),
+                    p.participants,
+                    stats.clone(),
+                    stop_rx.clone(),
+                )),
+                None => tokio::spawn(callpeer::run(cfg, stats.clone(), stop_rx.clone())),
+            };
             peers.push((stats, task));
             // Joins spread a little, as people arrive.
             tokio::time::sleep(Duration::from_millis(50)).await;

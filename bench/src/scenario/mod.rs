@@ -42,7 +42,7 @@ impl Protocol {
             (None, false, _) => "tandem",
             (None, true, Protocol::Documents) => "tandem,hocuspocus,y-websocket-server",
             (None, true, Protocol::Chat) => "tandem,socketio",
-            (None, true, Protocol::Call) => "tandem",
+            (None, true, Protocol::Call) => "tandem,janus",
         };
         let kinds = list
             .split(',')
@@ -51,6 +51,9 @@ impl Protocol {
         match self {
             Protocol::Documents if kinds.contains(&Kind::SocketIo) => {
                 bail!("socketio serves chat only: use it with chat-fanout")
+            }
+            Protocol::Documents | Protocol::Chat if kinds.contains(&Kind::Janus) => {
+                bail!("janus serves calls only: use it with call")
             }
             Protocol::Chat => {
                 if let Some(k) = kinds
@@ -66,9 +69,12 @@ impl Protocol {
             Protocol::Call => {
                 if let Some(k) = kinds
                     .iter()
-                    .find(|k| !matches!(k, Kind::Tandem | Kind::External(_)))
+                    .find(|k| !matches!(k, Kind::Tandem | Kind::Janus | Kind::External(_)))
                 {
-                    bail!("{} has no calls here: call runs against tandem", k.name());
+                    bail!(
+                        "{} has no calls: call runs against tandem and janus",
+                        k.name()
+                    );
                 }
             }
             Protocol::Documents => {}
