@@ -382,10 +382,12 @@ pub struct Event {
     pub payload: EventPayload,
 }
 
-/// Minimal standard base64 (RFC 4648 with padding), so `proto` needs no codec dependency.
-mod base64 {
+/// Minimal standard base64 (RFC 4648 with padding), so `proto` needs no codec dependency (also used
+/// for TURN credentials by `signaling`).
+pub mod base64 {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
+    /// `data` as standard base64 with padding.
     pub fn encode(data: &[u8]) -> String {
         let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
         for chunk in data.chunks(3) {
@@ -406,7 +408,7 @@ mod base64 {
         out
     }
 
-    pub fn decode(s: &str) -> Result<Vec<u8>, ()> {
+    pub(crate) fn decode(s: &str) -> Result<Vec<u8>, ()> {
         let s = s.as_bytes();
         if !s.len().is_multiple_of(4) {
             return Err(());

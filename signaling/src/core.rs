@@ -441,10 +441,11 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
             (p.conn, p.room.clone())
         };
         match req {
-            CallRequest::Join => unreachable_join(),
+            // `handle_request` answers a join itself; one reaching here is a second join.
+            CallRequest::Join => Err(refuse(ErrorCode::BadRequest, "already in the call")),
             CallRequest::Leave => {
                 self.ok(conn, rid);
-                self.remove(now, pid, "left", None);
+                self.remove(pid, "left", None);
                 Ok(())
             }
             CallRequest::Offer {
@@ -697,17 +698,7 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
         }
         let mut mids: BTreeSet<String> = BTreeSet::new();
         for p in &publish {
-            check_mid(&p.mid)?;
-            if !mids.insert(p.mid.clone()) {
-                return Err(refuse(ErrorCode::BadRequest, "a mid is listed twice"));
-            }
-            let s = section(&sections, &p.mid)?;
-            if !s.sends {
-                return Err(refuse(
-                    ErrorCode::BadRequest,
-                    format!("m-line {} does not send: it cannot publish", p.mid),
-                ));
-            }
+            let s = entry_section(&sections, &mut mids, &p.mid, Role::Publish)?;
             if (s.media == "video") != p.kind.is_video() {
                 return Err(refuse(
                     ErrorCode::BadRequest,
@@ -731,17 +722,7 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
         }
         let mut wanted: Vec<(Subscribe, u64, Mid, bool)> = Vec::new();
         for s in subscribe {
-            check_mid(&s.mid)?;
-            if !mids.insert(s.mid.clone()) {
-                return Err(refuse(ErrorCode::BadRequest, "a mid is listed twice"));
-            }
-            let sec = section(&sections, &s.mid)?;
-            if !sec.receives {
-                return Err(refuse(
-                    ErrorCode::BadRequest,
-                    format!("m-line {} does not receive: it cannot subscribe", s.mid),
-                ));
-            }
+            let sec = entry_section(&sections, &mut mids, &s.mid, Role::Subscribe)?;
             let (source, t) = self.find_track(&room, &s.track).ok_or_else(|| {
                 refuse(
                     ErrorCode::NotFound,
@@ -769,9 +750,17 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
         let offer = SdpOffer::from_sdp_string(sdp)
             .map_err(|e| refuse(ErrorCode::BadRequest, format!("SDP: {e}")))?;
         let p = self.parts.get_mut(&pid).ok_or_else(gone)?;
-        let answer = match p.rtc.sdp_api().accept_offer(offer) {
-            Ok(a) => a,
-            Err(e) => {
+        let answer = match isolated(|| p.rtc.sdp_api().accept_offer(offer)) {
+            Some(Ok(a)) => a,
+            None => {
+                p.rtc.disconnect();
+                self.dirty.insert(pid);
+                return Err(refuse(
+                    ErrorCode::BadRequest,
+                    "offer refused: str0m failed on it",
+                ));
+            }
+            Some(Err(e)) => {
                 // str0m may have given up on the peer connection (no fingerprint): the next drain
                 // removes a participant whose connection died.
                 self.dirty.insert(pid);
@@ -919,8 +908,7 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
 
     /// Removes a participant: its tracks are unpublished, the call is told, the log records it.
     /// `closed`: the frame that tells the participant itself (timeouts, moves), if any.
-    fn remove(&mut self, now: Instant, pid: u64, reason: &str, closed: Option<(ErrorCode, &str)>) {
-        let _ = now;
+    fn remove(&mut self, pid: u64, reason: &str, closed: Option<(ErrorCode, &str)>) {
         let Some(mut p) = self.parts.remove(&pid) else {
             return;
         };
@@ -1010,7 +998,7 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
     /// `conn` is no longer a member of `room` (it left, or the room closed on it).
     pub fn handle_departed(&mut self, now: Instant, conn: C, room: &RoomId) {
         if let Some(pid) = self.by_conn.get(&(conn, room.clone())).copied() {
-            self.remove(now, pid, "left", None);
+            self.remove(pid, "left", None);
         }
         self.flush(now);
     }
@@ -1024,7 +1012,7 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
             .map(|(_, p)| *p)
             .collect();
         for pid in pids {
-            self.remove(now, pid, "closed", None);
+            self.remove(pid, "closed", None);
         }
         self.join_budget.remove(&conn);
         self.flush(now);
@@ -1114,9 +1102,12 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
                 }
             }
             // A datagram str0m refuses (a corrupt or spoofed packet) is dropped; only a dead peer
-            // connection removes the participant.
-            if p.rtc.handle_input(input).is_err() {
-                self.stats.datagrams_dropped += 1;
+            // connection removes the participant. str0m has panicked on hostile traffic before:
+            // a panic ends this participant's peer connection, never the shard's calls.
+            match isolated(|| p.rtc.handle_input(input)) {
+                Some(Ok(())) => {}
+                Some(Err(_)) => self.stats.datagrams_dropped += 1,
+                None => p.rtc.disconnect(),
             }
             self.dirty.insert(pid);
         }
@@ -1128,7 +1119,12 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
         let mut drop: Vec<(u64, &'static str, &'static str)> = Vec::new();
         for (pid, p) in self.parts.iter_mut() {
             if p.next <= now {
-                if p.rtc.handle_input(Input::Timeout(now)).is_err() && !p.rtc.is_alive() {
+                let dead = match isolated(|| p.rtc.handle_input(Input::Timeout(now))) {
+                    Some(Ok(())) => false,
+                    Some(Err(_)) => !p.rtc.is_alive(),
+                    None => true,
+                };
+                if dead {
                     drop.push((*pid, "closed", "the media connection closed"));
                     continue;
                 }
@@ -1144,7 +1140,7 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
             }
         }
         for (pid, reason, message) in drop {
-            self.remove(now, pid, reason, Some((ErrorCode::Timeout, message)));
+            self.remove(pid, reason, Some((ErrorCode::Timeout, message)));
         }
         if self.tick_at.is_some_and(|t| now >= t) {
             self.tick(now);
@@ -1173,7 +1169,12 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
                 return;
             };
             loop {
-                match p.rtc.poll_output() {
+                let Some(polled) = isolated(|| p.rtc.poll_output()) else {
+                    tracing::warn!(participant = %p.name, "str0m panicked: the participant is removed");
+                    failed = true;
+                    break;
+                };
+                match polled {
                     Ok(Output::Timeout(t)) => {
                         p.next = t;
                         break;
@@ -1199,7 +1200,6 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
         let dead = self.parts.get(&pid).is_some_and(|p| !p.rtc.is_alive());
         if failed || closed || dead {
             self.remove(
-                now,
                 pid,
                 "closed",
                 Some((ErrorCode::BadRequest, "the media connection closed")),
@@ -1284,10 +1284,6 @@ fn stun_ufrag(data: &[u8]) -> Option<&str> {
     None
 }
 
-fn unreachable_join() -> Result<(), Refusal> {
-    Err(refuse(ErrorCode::BadRequest, "already in the call"))
-}
-
 fn gone() -> Refusal {
     refuse(ErrorCode::NotInCall, "not in the call")
 }
@@ -1297,6 +1293,45 @@ fn forbidden_publish() -> Refusal {
         ErrorCode::Forbidden,
         "publishing needs write access to the room (read access watches and listens)",
     )
+}
+
+/// Runs `f` (a call into str0m with a peer's input), turning a panic into `None` so that one hostile
+/// peer cannot take the media task, and every call on the shard, down with it.
+fn isolated<T>(f: impl FnOnce() -> T) -> Option<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok()
+}
+
+/// What an offer's entry asks of its m-line.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Publish,
+    Subscribe,
+}
+
+/// The m-line of one `publish` / `subscribe` entry: a valid mid, named by one entry only, present in
+/// the offer, sending (to publish) or receiving (to subscribe).
+fn entry_section<'a>(
+    sections: &'a [Section],
+    mids: &mut BTreeSet<String>,
+    mid: &str,
+    role: Role,
+) -> Result<&'a Section, Refusal> {
+    check_mid(mid)?;
+    if !mids.insert(mid.to_owned()) {
+        return Err(refuse(ErrorCode::BadRequest, "a mid is listed twice"));
+    }
+    let s = section(sections, mid)?;
+    match role {
+        Role::Publish if !s.sends => Err(refuse(
+            ErrorCode::BadRequest,
+            format!("m-line {mid} does not send: it cannot publish"),
+        )),
+        Role::Subscribe if !s.receives => Err(refuse(
+            ErrorCode::BadRequest,
+            format!("m-line {mid} does not receive: it cannot subscribe"),
+        )),
+        _ => Ok(s),
+    }
 }
 
 fn section<'a>(sections: &'a [Section], mid: &str) -> Result<&'a Section, Refusal> {
@@ -1316,5 +1351,41 @@ fn track_info<C>(p: &Participant<C>, t: &Published) -> TrackInfo {
         kind: t.kind,
         muted: t.muted,
         layers: t.layers.iter().map(|r| r.to_string()).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_in_str0m_is_contained() {
+        assert_eq!(isolated(|| 1), Some(1));
+        assert!(isolated(|| -> u8 { panic!("hostile input") }).is_none());
+    }
+
+    #[test]
+    fn stun_usernames_are_read_and_garbage_is_not() {
+        let mut m = vec![0x00, 0x01, 0x00, 0x10, 0x21, 0x12, 0xa4, 0x42];
+        m.extend([0u8; 12]);
+        // USERNAME "abcd:wxyz" (9 bytes, padded to 12).
+        m.extend([0x00, 0x06, 0x00, 0x09]);
+        m.extend(b"abcd:wxyz\0\0\0");
+        assert_eq!(stun_ufrag(&m), Some("abcd"));
+        // Truncated attribute, wrong cookie, RTP, empty: nothing, and no panic.
+        assert_eq!(stun_ufrag(&m[..m.len() - 6]), None);
+        let mut bad = m.clone();
+        bad[4] = 0;
+        assert_eq!(stun_ufrag(&bad), None);
+        assert_eq!(stun_ufrag(&[0x80; 40]), None);
+        assert_eq!(stun_ufrag(&[]), None);
+    }
+
+    #[test]
+    fn mids_are_checked_as_str0m_keeps_them() {
+        assert!(check_mid("0").is_ok() && check_mid("a1B2").is_ok());
+        for bad in ["", "a-b", "0123456789abcdefg", "é"] {
+            assert!(check_mid(bad).is_err(), "{bad:?}");
+        }
     }
 }

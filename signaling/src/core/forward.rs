@@ -260,23 +260,23 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
                 t.level = t.level * 0.7 + l * 0.3;
             }
         }
-        let track = t.id.clone();
         let keyframe = video && d.is_keyframe();
-        tracing::trace!(%track, rid = ?d.rid, keyframe, len = d.data.len(), "media in");
+        tracing::trace!(track = %t.id, rid = ?d.rid, keyframe, len = d.data.len(), "media in");
+        let Some(call) = self.calls.get(&room) else {
+            return;
+        };
+        // With more voices than `audio_top_n`, only the loudest are forwarded.
+        let audible = video || call.loudest.as_ref().is_none_or(|l| l.contains(&t.id));
         if video && !d.contiguous {
             let (mid, rid) = (d.mid, d.rid);
             self.request_keyframe(now, src, mid, rid);
         }
+        if !audible {
+            return;
+        }
         let Some(call) = self.calls.get(&room) else {
             return;
         };
-        if !video {
-            if let Some(loudest) = &call.loudest {
-                if !loudest.contains(&track) {
-                    return;
-                }
-            }
-        }
         let parts: Vec<u64> = call.parts.iter().copied().filter(|p| *p != src).collect();
         // Subscribers waiting for a key frame (to start, or to switch layers) keep asking for one
         // (throttled per layer) until it comes: a request made before the publisher's media was up
@@ -286,7 +286,12 @@ impl<C: Copy + Eq + Hash + Ord + Debug> CallCore<C> {
             let Some(p) = self.parts.get_mut(&pid) else {
                 continue;
             };
-            let Some(s) = p.subs.iter_mut().find(|s| s.track == track) else {
+            // Subscriptions are matched by (publisher, m-line): no string compare per delivery.
+            let Some(s) = p
+                .subs
+                .iter_mut()
+                .find(|s| s.source == src && s.source_mid == d.mid)
+            else {
                 continue;
             };
             if s.quality == Quality::Off || s.paused {
